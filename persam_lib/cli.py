@@ -1,0 +1,156 @@
+"""The `persam` command: thin wrappers that parse arguments and call the library.
+
+Each subcommand is one small function; errors the user can fix (a bad manifest, a missing
+file) are printed as one clear message with exit code 2, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from persam_lib.cohort.manifest import ManifestError
+
+
+def _demo_cohort(args: argparse.Namespace) -> int:
+    from persam_lib.cohort.demo import DemoConfig, make_demo_cohort
+
+    manifest = make_demo_cohort(args.out, DemoConfig(patients=args.patients, seed=args.seed))
+    print(f"demo cohort: {args.patients} patients written; manifest: {manifest}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from persam_lib.cohort.manifest import load_manifest
+
+    cohort = load_manifest(args.manifest)
+    print(f"{args.manifest}: valid — cohort '{cohort.name}', {len(cohort.slides)} slide(s), {len(cohort.clinical)} patient(s), fields {cohort.schema.names}")
+    return 0
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from persam_lib.cohort.manifest import load_manifest
+    from persam_lib.features.extract import ExtractConfig, extract
+    from persam_lib.slides.patching import PatchConfig
+
+    cohort = load_manifest(args.manifest)
+    config = ExtractConfig(encoder=args.encoder, patch=PatchConfig(patch_size=args.patch_size, stride=args.patch_size), batch_size=args.batch_size)
+    summary = extract(cohort, args.out, config)
+    print(summary.line())
+    return 1 if summary.failed else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from persam_lib.cohort.manifest import load_manifest
+    from persam_lib.train.loop import TrainConfig
+    from persam_lib.train.run import train_cross_validated
+
+    cohort = load_manifest(args.manifest)
+    config = TrainConfig(model=args.model, n_folds=args.folds, epochs=args.epochs, seed=args.seed, device=args.device)
+    run = train_cross_validated(cohort, args.features, args.out, config)
+    overall = run.metrics["overall"]
+    print(
+        f"train {args.model}: balanced accuracy {overall['balanced_accuracy']:.3f} "
+        f"[{overall['balanced_accuracy_low']:.3f}, {overall['balanced_accuracy_high']:.3f}], AUROC {overall['auroc']:.3f}; run in {run.path}"
+    )
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from persam_lib.cohort.manifest import load_manifest
+    from persam_lib.explain.attention import explain_run, write_table
+    from persam_lib.explain.records import parse_alteration
+    from persam_lib.train.run import Run
+
+    cohort = load_manifest(args.manifest)
+    run = Run(args.run_dir)
+    alterations = [parse_alteration(text, cohort.schema) for text in args.alter] if args.alter else None
+    features = args.features or _features_of(run)
+    explanation = explain_run(run, cohort, features, alterations)
+    write_table(explanation.attention, args.out)
+    print(f"explain: {explanation.attention['slide_id'].nunique()} slide(s), {explanation.attention['record'].nunique()} record(s) -> {args.out}")
+    return 0
+
+
+def _book(args: argparse.Namespace) -> int:
+    from persam_lib.book.build import make_book
+
+    root = Path(args.project).resolve()
+    report = make_book(root, args.work, {"patients": args.patients} if args.patients else None, strict=args.strict)
+    print(report.line())
+    if report.build_returncode == 0:
+        print(f"Open {root / '_build' / 'html' / 'index.html'}")
+    return 0 if report.ok else 1
+
+
+def _features_of(run) -> str:
+    features = run.inputs.get("features_dir")
+    if not features:
+        raise FileNotFoundError(f"{run.path}: the run does not record its features directory; pass --features DIR")
+    return features
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="persam", description="Attention models that read a whole-slide image together with the clinical record.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo-cohort", help="generate the demo cohort (slides, clinical table, ground truth)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--patients", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo_cohort)
+
+    p = sub.add_parser("validate", help="check a manifest and its tables; every error names file, line and field")
+    p.add_argument("manifest", type=Path)
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("extract", help="tissue, patches and features: one HDF5 per slide (resumable)")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="features directory")
+    p.add_argument("--encoder", default="stats")
+    p.add_argument("--patch-size", type=int, default=256, help="patch side in level-0 pixels")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_extract)
+
+    p = sub.add_parser("train", help="patient-level cross-validated training into a run directory (resumable)")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--model", default="persam")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("explain", help="patch attention under the original and altered records")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--features", type=Path, help="features directory (default: the one the run was trained on)")
+    p.add_argument("--alter", action="append", metavar="FIELD=VALUE", help="an alteration (repeatable; join edits with ';'); default: every categorical field to each other value")
+    p.add_argument("--out", type=Path, required=True, help="output table, .csv or .parquet")
+    p.set_defaults(func=_explain)
+
+    p = sub.add_parser("book", help="execute every notebook with papermill and build the Jupyter Book")
+    p.add_argument("--work", type=Path, default=Path("_work/demo"), help="where the demo cohort, features and runs go")
+    p.add_argument("--project", type=Path, default=Path("."), help="project root (holds _config.yml)")
+    p.add_argument("--patients", type=int, default=None, help="override the demo cohort size")
+    p.add_argument("--strict", action="store_true", help="jupyter-book -W -n: warnings are errors")
+    p.set_defaults(func=_book)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `persam` command."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ManifestError, FileNotFoundError, ValueError) as err:
+        print(f"persam {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The embedded demo cohort: generated slides, a clinical table and ground truth.
+
+The science is in the data. Every slide has a *nodular* and a *diffuse* lesion region, each of
+phenotype A or B. The categorical field ``site`` says which region decides the label:
+``nodal`` → the nodular region, ``extranodal`` → the diffuse one. In about half of the patients
+the two regions disagree, so an image-only model can be right in at most ~75% of patients,
+while a model that reads the record can be right in all of them — and for every record we know
+which region its attention should be on. ``age`` and ``sex`` are noise; ``ldh`` is weakly
+informative (higher on average in subtype B), with some values missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+from tqdm.auto import tqdm
+
+from persam_lib.cohort.demo_tissue import LABEL_DOWNSAMPLE, REGION_LABELS, SlideDesign, render_slide
+from persam_lib.slides.tiff_writer import write_pyramidal_tiff
+
+DECIDING_FIELD = "site"
+DIAGNOSTIC_REGION = {"nodal": "nodular", "extranodal": "diffuse"}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Size and seed of the generated cohort; the defaults keep `make book` within minutes on 2 CPUs."""
+
+    patients: int = 64
+    seed: int = 0
+    width: int = 3072  # level-0 pixels
+    height: int = 2304
+    mpp: float = 0.5  # microns per pixel at level 0 (20x)
+    region_radius: int = 420  # level-0 pixels
+    mask_downsample: int = 4  # ground-truth masks are stored at this downsample (fixed by the renderer)
+    disagree_fraction: float = 0.5
+
+
+def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bool = True) -> Path:
+    """Generate the demo cohort in ``out`` and return the path of its manifest.
+
+    Resumable: slides already written (complete, renamed into place) are kept, so an interrupted
+    run continues where it stopped. The tables and manifest are written last, atomically.
+    """
+    out = Path(out)
+    (out / "slides").mkdir(parents=True, exist_ok=True)
+    (out / "truth" / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(config.seed)
+    table = _design_patients(config, rng)
+
+    for row in tqdm(table.itertuples(), total=len(table), desc="demo slides", disable=not progress):
+        slide_path = out / "slides" / f"{row.slide_id}.tiff"
+        mask_path = out / "truth" / "masks" / f"{row.slide_id}.png"
+        if slide_path.exists() and mask_path.exists():
+            continue
+        slide_rng = np.random.default_rng([config.seed, int(row.slide_id[1:])])
+        design = SlideDesign(config.width, config.height, row.nodular_phenotype, row.diffuse_phenotype, config.region_radius)
+        rgb, labels = render_slide(design, slide_rng)  # labels at 1/4 resolution
+        write_pyramidal_tiff(slide_path, rgb, mpp=config.mpp)
+        _atomic_png(mask_path, labels)
+
+    slides = table[["slide_id", "patient_id"]].assign(path=[f"slides/{s}.tiff" for s in table.slide_id])
+    clinical = table[["patient_id", "age", "sex", "site", "ldh", "subtype"]]
+    regions = table[["slide_id", "patient_id", "nodular_phenotype", "diffuse_phenotype", "disagree"]]
+    _atomic_text(out / "slides.csv", slides.to_csv(index=False))
+    _atomic_text(out / "clinical.csv", clinical.to_csv(index=False, na_rep=""))
+    _atomic_text(out / "truth" / "regions.csv", regions.to_csv(index=False))
+    truth = {
+        "masks": "masks",
+        "mask_downsample": config.mask_downsample,
+        "labels": REGION_LABELS,
+        "deciding_field": DECIDING_FIELD,
+        "diagnostic_region": DIAGNOSTIC_REGION,
+        "regions": "regions.csv",
+    }
+    _atomic_text(out / "truth" / "truth.yaml", yaml.safe_dump(truth, sort_keys=False))
+    manifest = {
+        "cohort": "demo",
+        "slides": "slides.csv",
+        "clinical": "clinical.csv",
+        "label": {"column": "subtype", "classes": ["A", "B"]},
+        "fields": {
+            "age": {"type": "numeric", "min": 0, "max": 120, "unit": "years"},
+            "sex": {"type": "categorical", "values": ["F", "M"]},
+            "site": {"type": "categorical", "values": ["nodal", "extranodal"]},
+            "ldh": {"type": "numeric", "min": 50, "max": 3000, "unit": "U/L"},
+        },
+        "truth": "truth/truth.yaml",
+    }
+    _atomic_text(out / "demo_config.json", json.dumps(asdict(config), indent=2))
+    manifest_path = out / "manifest.yaml"
+    _atomic_text(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
+    return manifest_path
+
+
+def _design_patients(config: DemoConfig, rng: np.random.Generator) -> pd.DataFrame:
+    """One row per patient: record, label, and the phenotype of each slide region."""
+    n = config.patients
+    if config.mask_downsample != LABEL_DOWNSAMPLE:
+        raise ValueError(f"mask_downsample must be {LABEL_DOWNSAMPLE} (the renderer's label resolution)")
+    if n < 4:
+        raise ValueError(f"The demo cohort needs at least 4 patients, got {n}.")
+    subtype = np.array(["A", "B"] * (n // 2) + ["A"] * (n % 2))
+    rng.shuffle(subtype)
+    site = rng.choice(["nodal", "extranodal"], size=n)
+    disagree = rng.random(n) < config.disagree_fraction
+    other = np.where(disagree, np.where(subtype == "A", "B", "A"), subtype)
+    nodular = np.where(site == "nodal", subtype, other)
+    diffuse = np.where(site == "nodal", other, subtype)
+    age = np.clip(rng.normal(62, 14, n), 18, 95).round()
+    sex = rng.choice(["F", "M"], size=n)
+    ldh = np.clip(rng.normal(np.where(subtype == "B", 330, 250), 90), 80, 2500).round()
+    ldh_missing = rng.random(n) < 0.05
+    return pd.DataFrame(
+        {
+            "patient_id": [f"P{i:04d}" for i in range(1, n + 1)],
+            "slide_id": [f"S{i:04d}" for i in range(1, n + 1)],
+            "age": age.astype(int),
+            "sex": sex,
+            "site": site,
+            "ldh": pd.array(np.where(ldh_missing, np.nan, ldh), dtype="Float64").astype("Int64"),
+            "subtype": subtype,
+            "nodular_phenotype": nodular,
+            "diffuse_phenotype": diffuse,
+            "disagree": disagree,
+        }
+    )
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_png(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(array).save(tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,290 @@
+"""Read a cohort manifest (YAML) and validate it into a `Cohort`.
+
+A manifest names a slide table, a clinical table, the label and the clinical fields.
+Every problem found is reported with the file, the line of the CSV, the field, what is wrong
+and what to do, and *all* problems are collected before raising, so a user fixes a table
+in one pass rather than one error at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from persam_lib.cohort.schema import FieldSchema, FieldSpec, LabelSpec, is_missing
+
+REQUIRED_KEYS = ("cohort", "slides", "clinical", "label", "fields")
+OPTIONAL_KEYS = ("truth",)
+SLIDE_COLUMNS = ("slide_id", "patient_id", "path")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest or its tables."""
+
+    path: Path
+    problem: str
+    hint: str
+    line: int | None = None  # 1-based line of the file (CSV header is line 1)
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = str(self.path)
+        if self.line is not None:
+            where += f", line {self.line}"
+        if self.field is not None:
+            where += f", field '{self.field}'"
+        return f"{where}: {self.problem}. {self.hint}"
+
+
+class ManifestError(ValueError):
+    """Raised when a manifest or one of its tables is invalid; lists every problem found."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        head = f"{len(problems)} problem(s) in the cohort manifest:" if len(problems) > 1 else ""
+        body = "\n".join(f"  - {p}" for p in problems) if head else str(problems[0])
+        super().__init__(f"{head}\n{body}" if head else body)
+
+
+@dataclass
+class Cohort:
+    """A validated cohort: slides, clinical records, schema and (optionally) ground truth.
+
+    `slides` has columns slide_id, patient_id, path (absolute) and optional mpp;
+    `clinical` is indexed by patient_id with one column per field plus the label column.
+    """
+
+    name: str
+    manifest_path: Path
+    slides: pd.DataFrame
+    clinical: pd.DataFrame
+    schema: FieldSchema
+    truth_path: Path | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def root(self) -> Path:
+        return self.manifest_path.parent
+
+    def records(self) -> pd.DataFrame:
+        """Clinical fields only (no label), one row per patient."""
+        return self.clinical[self.schema.names]
+
+    def labels(self) -> pd.Series:
+        """Label index (0..n_classes-1) per patient."""
+        classes = list(self.schema.label.classes)
+        return self.clinical[self.schema.label.column].map(classes.index).astype(int)
+
+    def slide_table(self) -> pd.DataFrame:
+        """Slides joined with their patient's label index; one row per slide."""
+        labels = self.labels().rename("y")
+        return self.slides.join(labels, on="patient_id")
+
+
+def load_manifest(path: str | Path, *, check_files: bool = True) -> Cohort:
+    """Load and validate a manifest; raise `ManifestError` listing every problem found."""
+    cohort, problems = _read(Path(path), check_files=check_files)
+    if problems:
+        raise ManifestError(problems)
+    assert cohort is not None
+    return cohort
+
+
+def validate_manifest(path: str | Path) -> list[Problem]:
+    """Every problem with a manifest and its tables (an empty list means it is valid)."""
+    return _read(Path(path), check_files=True)[1]
+
+
+def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem]]:
+    path = path.resolve()
+    if not path.is_file():
+        return None, [Problem(path, "the manifest file does not exist", "Check the path you gave.")]
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        return None, [Problem(path, f"is not valid YAML ({err})", "Fix the YAML syntax.")]
+    if not isinstance(raw, dict):
+        return None, [Problem(path, "must be a YAML mapping", f"Give the keys {list(REQUIRED_KEYS)}.")]
+
+    problems: list[Problem] = []
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
+    unknown = [k for k in raw if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
+    for key in missing:
+        problems.append(Problem(path, f"the required key '{key}' is missing", _KEY_HINTS[key], field=key))
+    for key in unknown:
+        allowed = list(REQUIRED_KEYS + OPTIONAL_KEYS)
+        problems.append(Problem(path, f"unknown key '{key}'", f"Allowed keys are {allowed}; remove or rename it.", field=key))
+    if missing:
+        return None, problems
+
+    schema, schema_problems = _parse_schema(path, raw)
+    problems += schema_problems
+    slides, slide_problems = _read_slides(path, path.parent / str(raw["slides"]), check_files)
+    problems += slide_problems
+    clinical = None
+    if schema is not None:
+        clinical, clinical_problems = _read_clinical(path.parent / str(raw["clinical"]), schema)
+        problems += clinical_problems
+    if slides is not None and clinical is not None:
+        slides_csv = path.parent / str(raw["slides"])
+        for i, row in slides.iterrows():
+            if row["patient_id"] not in clinical.index:
+                problems.append(
+                    Problem(slides_csv, f"patient '{row['patient_id']}' is not in the clinical table", "Add the patient to the clinical CSV or remove the slide.", line=int(i) + 2, field="patient_id")
+                )
+    truth_path = None
+    if raw.get("truth"):
+        truth_path = path.parent / str(raw["truth"])
+        if not truth_path.is_file():
+            problems.append(Problem(path, f"the truth file {truth_path} does not exist", "Fix the 'truth' path or remove the key.", field="truth"))
+    if problems or schema is None or slides is None or clinical is None:
+        return None, problems
+    cohort = Cohort(
+        name=str(raw["cohort"]), manifest_path=path, slides=slides, clinical=clinical,
+        schema=schema, truth_path=truth_path, raw=raw,
+    )
+    return cohort, []
+
+
+_KEY_HINTS = {
+    "cohort": "Add `cohort: <name>`.",
+    "slides": "Add `slides: slides.csv` (columns slide_id, patient_id, path).",
+    "clinical": "Add `clinical: clinical.csv` (patient_id, one column per field, the label column).",
+    "label": "Add `label: {column: subtype, classes: [A, B]}`.",
+    "fields": "Add `fields:` with one entry per clinical field, e.g. `age: {type: numeric, min: 0, max: 120}`.",
+}
+
+
+def _parse_schema(path: Path, raw: dict[str, Any]) -> tuple[FieldSchema | None, list[Problem]]:
+    problems: list[Problem] = []
+    label_raw = raw["label"]
+    if not isinstance(label_raw, dict) or "column" not in label_raw or not label_raw.get("classes"):
+        problems.append(Problem(path, "'label' must have 'column' and a non-empty 'classes' list", _KEY_HINTS["label"], field="label"))
+        label = None
+    else:
+        classes = tuple(str(c) for c in label_raw["classes"])
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            problems.append(Problem(path, f"'label.classes' must list at least two distinct classes, got {list(classes)}", "Fix the class list.", field="label"))
+        label = LabelSpec(column=str(label_raw["column"]), classes=classes)
+
+    fields_raw = raw["fields"]
+    specs: list[FieldSpec] = []
+    if not isinstance(fields_raw, dict) or not fields_raw:
+        problems.append(Problem(path, "'fields' must be a non-empty mapping of field name to spec", _KEY_HINTS["fields"], field="fields"))
+    else:
+        for name, spec in fields_raw.items():
+            where = f"fields.{name}"
+            if not isinstance(spec, dict) or spec.get("type") not in ("numeric", "categorical"):
+                problems.append(Problem(path, "needs `type: numeric` or `type: categorical`", "Set the field's type.", field=where))
+                continue
+            known = {"type", "values", "min", "max", "unit", "identifying"}
+            for key in set(spec) - known:
+                problems.append(Problem(path, f"unknown key '{key}'", f"Allowed keys are {sorted(known)}.", field=where))
+            if spec["type"] == "categorical":
+                values = spec.get("values")
+                if not isinstance(values, list) or len(values) < 1:
+                    problems.append(Problem(path, "a categorical field needs a non-empty `values` list", "List the allowed values, e.g. `values: [F, M]`.", field=where))
+                    continue
+                specs.append(FieldSpec(name=str(name), type="categorical", values=tuple(str(v) for v in values), unit=spec.get("unit"), identifying=bool(spec.get("identifying", False))))
+            else:
+                lo, hi = spec.get("min"), spec.get("max")
+                if lo is not None and hi is not None and float(lo) >= float(hi):
+                    problems.append(Problem(path, f"min {lo} is not below max {hi}", "Fix the range.", field=where))
+                specs.append(FieldSpec(name=str(name), type="numeric", min=None if lo is None else float(lo), max=None if hi is None else float(hi), unit=spec.get("unit"), identifying=bool(spec.get("identifying", False))))
+    if label is not None and label.column in [s.name for s in specs]:
+        problems.append(Problem(path, f"the label column '{label.column}' is also listed as a field", "A field must not be the label; remove it from `fields`.", field="fields"))
+    if problems or label is None:
+        return None, problems
+    return FieldSchema(fields=tuple(specs), label=label), []
+
+
+def _read_csv(csv_path: Path, what: str) -> tuple[pd.DataFrame | None, list[Problem]]:
+    if not csv_path.is_file():
+        return None, [Problem(csv_path, f"the {what} table does not exist", "Fix the path in the manifest (paths are relative to the manifest's folder).")]
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except Exception as err:  # pandas raises several error types for malformed CSV
+        return None, [Problem(csv_path, f"could not be read as CSV ({err})", "Save the table as comma-separated text with a header row.")]
+    return table, []
+
+
+def _read_slides(manifest: Path, csv_path: Path, check_files: bool) -> tuple[pd.DataFrame | None, list[Problem]]:
+    table, problems = _read_csv(csv_path, "slides")
+    if table is None:
+        return None, problems
+    missing_cols = [c for c in SLIDE_COLUMNS if c not in table.columns]
+    if missing_cols:
+        return None, [Problem(csv_path, f"the column(s) {missing_cols} are missing", f"The slide table needs columns {list(SLIDE_COLUMNS)} (and optionally mpp).", line=1)]
+    if table.empty:
+        return None, [Problem(csv_path, "has no slides", "Add one row per slide.")]
+    paths = []
+    for i, row in table.iterrows():
+        line = int(i) + 2
+        for col in SLIDE_COLUMNS:
+            if row[col].strip() == "":
+                problems.append(Problem(csv_path, f"'{col}' is empty", f"Fill in the {col}.", line=line, field=col))
+        slide_path = (csv_path.parent / row["path"]).resolve() if row["path"] else csv_path.parent
+        paths.append(str(slide_path))
+        if check_files and row["path"] and not slide_path.is_file():
+            problems.append(Problem(csv_path, f"slide file {slide_path} does not exist (slide '{row['slide_id']}')", "Fix the path (relative to the slide table's folder) or remove the row.", line=line, field="path"))
+        if "mpp" in table.columns and row["mpp"].strip():
+            try:
+                mpp = float(row["mpp"])
+            except ValueError:
+                mpp = float("nan")
+            if not (0.05 <= mpp <= 20):
+                problems.append(Problem(csv_path, f"mpp '{row['mpp']}' is not a plausible microns-per-pixel value", "Give the level-0 resolution in microns per pixel (0.25 at 40x, 0.5 at 20x) or leave it empty to use the slide's metadata.", line=line, field="mpp"))
+    duplicated = table["slide_id"][table["slide_id"].duplicated()]
+    for i, slide_id in duplicated.items():
+        problems.append(Problem(csv_path, f"slide_id '{slide_id}' appears more than once", "Give every slide a unique slide_id.", line=int(i) + 2, field="slide_id"))
+    table = table.assign(path=paths)
+    if "mpp" in table.columns:
+        table["mpp"] = pd.to_numeric(table["mpp"], errors="coerce")
+    return table, problems
+
+
+def _read_clinical(csv_path: Path, schema: FieldSchema) -> tuple[pd.DataFrame | None, list[Problem]]:
+    table, problems = _read_csv(csv_path, "clinical")
+    if table is None:
+        return None, problems
+    needed = ["patient_id", *schema.names, schema.label.column]
+    missing_cols = [c for c in needed if c not in table.columns]
+    if missing_cols:
+        return None, [Problem(csv_path, f"the column(s) {missing_cols} are missing", "Add them, or remove those fields from the manifest.", line=1)]
+    for i, row in table.iterrows():
+        line = int(i) + 2
+        if row["patient_id"].strip() == "":
+            problems.append(Problem(csv_path, "'patient_id' is empty", "Fill in the patient id.", line=line, field="patient_id"))
+        for spec in schema.fields:
+            issue = spec.check(row[spec.name])
+            if issue:
+                problems.append(Problem(csv_path, f"{issue} (patient '{row['patient_id']}')", _fix_hint(spec), line=line, field=spec.name))
+        label = row[schema.label.column]
+        if label not in schema.label.classes:
+            problems.append(Problem(csv_path, f"label '{label}' is not one of the classes {list(schema.label.classes)} (patient '{row['patient_id']}')", "Fix the label or add the class to `label.classes` in the manifest.", line=line, field=schema.label.column))
+    duplicated = table["patient_id"][table["patient_id"].duplicated()]
+    for i, pid in duplicated.items():
+        labels = sorted(set(table.loc[table["patient_id"] == pid, schema.label.column]))
+        detail = f" with different labels {labels}" if len(labels) > 1 else ""
+        problems.append(Problem(csv_path, f"patient '{pid}' appears more than once{detail}", "Keep exactly one row per patient.", line=int(i) + 2, field="patient_id"))
+    if problems:
+        return None, problems
+    out = table[needed].copy()
+    for spec in schema.fields:
+        if spec.type == "numeric":
+            out[spec.name] = pd.to_numeric(out[spec.name].replace("", None), errors="coerce").astype(float)
+        else:
+            out[spec.name] = out[spec.name].where(out[spec.name] != "", None)
+    return out.set_index("patient_id"), []
+
+
+def _fix_hint(spec: FieldSpec) -> str:
+    if spec.type == "categorical":
+        return f"Use one of {list(spec.values)}, leave it empty if unknown, or add the value to `fields.{spec.name}.values`."
+    bounds = f"between {spec.min:g} and {spec.max:g}" if spec.min is not None and spec.max is not None else "within the field's range"
+    unit = f" {spec.unit}" if spec.unit else ""
+    return f"Give a number {bounds}{unit}, or leave it empty if unknown."

@@ -1,0 +1,103 @@
+"""Ground truth for attention: which region is diagnostic under a given record, and how much
+attention falls on it.
+
+A cohort ships ground truth as a ``truth.yaml`` (named by the manifest's optional ``truth``
+key) pointing at per-slide label masks, the label value of each region kind, the categorical
+field that decides which region is diagnostic, and the mapping from that field's values to
+regions. The demo cohort writes one; any cohort with region masks can.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+
+from persam_lib.cohort.manifest import Cohort
+from persam_lib.explain.records import ORIGINAL
+from persam_lib.slides.patching import mask_fraction
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Where the diagnostic regions are, and which one the label depends on under each record."""
+
+    masks_dir: Path
+    mask_downsample: float
+    labels: dict[str, int]  # region name -> value in the mask
+    deciding_field: str
+    diagnostic_region: dict[str, str]  # value of the deciding field -> region name
+
+    def mask(self, slide_id: str) -> np.ndarray:
+        return np.asarray(Image.open(self.masks_dir / f"{slide_id}.png"))
+
+    def region_for(self, deciding_value: str) -> str:
+        return self.diagnostic_region[str(deciding_value)]
+
+
+def load_truth(cohort: Cohort) -> GroundTruth | None:
+    """The cohort's ground truth, or None when its manifest names none."""
+    if cohort.truth_path is None:
+        return None
+    raw = yaml.safe_load(cohort.truth_path.read_text())
+    return GroundTruth(
+        masks_dir=cohort.truth_path.parent / raw["masks"],
+        mask_downsample=float(raw["mask_downsample"]),
+        labels={str(k): int(v) for k, v in raw["labels"].items()},
+        deciding_field=str(raw["deciding_field"]),
+        diagnostic_region={str(k): str(v) for k, v in raw["diagnostic_region"].items()},
+    )
+
+
+def region_fractions(truth: GroundTruth, slide_id: str, coords: np.ndarray, patch_size: int) -> dict[str, np.ndarray]:
+    """For each region kind, the fraction of every patch that lies inside it."""
+    mask = truth.mask(slide_id)
+    return {name: mask_fraction(mask == value, truth.mask_downsample, coords, patch_size) for name, value in truth.labels.items() if name not in ("background", "tissue")}
+
+
+def truth_scores(attention: pd.DataFrame, cohort: Cohort, truth: GroundTruth) -> pd.DataFrame:
+    """Per slide and record: the diagnostic region under that record and the attention mass inside it.
+
+    Columns: slide_id, record, deciding_value, diagnostic_region, mass_diagnostic, mass_other_region,
+    uniform_diagnostic (the mass a uniform map would put there: the baseline to beat).
+    """
+    records = cohort.records()
+    patients = cohort.slides.set_index("slide_id")["patient_id"]
+    rows = []
+    for slide_id, slide in attention.groupby("slide_id", sort=False):
+        original_value = records.loc[patients[slide_id], truth.deciding_field]
+        first = slide[slide["record"] == slide["record"].iloc[0]]
+        coords = first[["x", "y"]].to_numpy()
+        fractions = region_fractions(truth, slide_id, coords, int(first["size"].iloc[0]))
+        key = {xy: i for i, xy in enumerate(map(tuple, coords))}
+        for record, part in slide.groupby("record", sort=False):
+            value = _deciding_value(record, truth.deciding_field, original_value)
+            region = truth.region_for(value)
+            weights = np.zeros(len(coords))
+            weights[[key[xy] for xy in map(tuple, part[["x", "y"]].to_numpy())]] = part["attention"].to_numpy()
+            others = [r for r in fractions if r != region]
+            rows.append(
+                {
+                    "slide_id": slide_id,
+                    "record": record,
+                    "deciding_value": value,
+                    "diagnostic_region": region,
+                    "mass_diagnostic": float(weights @ fractions[region]),
+                    "mass_other_region": float(sum(weights @ fractions[r] for r in others)),
+                    "uniform_diagnostic": float(fractions[region].mean()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _deciding_value(record: str, field: str, original: str) -> str:
+    if record == ORIGINAL:
+        return str(original)
+    for edit in record.split(";"):
+        name, _, value = edit.partition("=")
+        if name == field:
+            return value
+    return str(original)

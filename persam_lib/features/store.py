@@ -1,0 +1,98 @@
+"""Per-slide HDF5 feature files in the CLAM/TRIDENT convention.
+
+Each file holds ``features`` [N, D] float32 and ``coords`` [N, 2] int64 (level-0 top-left
+pixels). ``coords`` carries the attrs ``patch_size`` (level-0 px), ``patch_level``,
+``downsample`` and ``mpp``; the file carries ``encoder`` and ``slide_id``. Files are written to
+a temporary name and renamed, so a file under its final name is always complete.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+@dataclass
+class SlideFeatures:
+    """The features of one slide, read from or written to a feature file."""
+
+    slide_id: str
+    features: np.ndarray  # (N, D) float32
+    coords: np.ndarray  # (N, 2) int64, level-0 top-left [x, y]
+    patch_size: int  # level-0 pixels
+    patch_level: int = 0
+    downsample: float = 1.0
+    mpp: float = float("nan")
+    encoder: str = "unknown"
+
+    def __post_init__(self) -> None:
+        if self.features.ndim != 2 or self.coords.shape != (len(self.features), 2):
+            raise ValueError(f"slide {self.slide_id}: features {self.features.shape} and coords {self.coords.shape} do not match")
+
+
+def feature_path(features_dir: str | Path, slide_id: str) -> Path:
+    """Where the feature file of ``slide_id`` lives in ``features_dir``."""
+    return Path(features_dir) / f"{slide_id}.h5"
+
+
+def write_features(path: str | Path, data: SlideFeatures) -> Path:
+    """Write a feature file atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["slide_id"] = data.slide_id
+            f.attrs["encoder"] = data.encoder
+            f.create_dataset("features", data=data.features.astype(np.float32))
+            coords = f.create_dataset("coords", data=data.coords.astype(np.int64))
+            coords.attrs["patch_size"] = int(data.patch_size)
+            coords.attrs["patch_level"] = int(data.patch_level)
+            coords.attrs["downsample"] = float(data.downsample)
+            coords.attrs["mpp"] = float(data.mpp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_features(path: str | Path) -> SlideFeatures:
+    """Read a feature file written by this library, CLAM or TRIDENT."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if "features" not in f or "coords" not in f:
+                raise ValueError(f"{path}: a feature file needs datasets 'features' and 'coords', found {list(f.keys())}")
+            features = np.asarray(f["features"], dtype=np.float32)
+            if features.ndim == 3 and features.shape[0] == 1:  # some tools store [1, N, D]
+                features = features[0]
+            coords = np.asarray(f["coords"]).astype(np.int64)
+            attrs = dict(f["coords"].attrs)
+            return SlideFeatures(
+                slide_id=str(f.attrs.get("slide_id", path.stem)),
+                features=features,
+                coords=coords,
+                patch_size=int(attrs.get("patch_size", 256)),
+                patch_level=int(attrs.get("patch_level", 0)),
+                downsample=float(attrs.get("downsample", 1.0)),
+                mpp=float(attrs.get("mpp", float("nan"))),
+                encoder=str(f.attrs.get("encoder", "unknown")),
+            )
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 feature file ({err}). Delete it and re-run `persam extract`.") from err
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when a feature file exists under its final name and opens with both datasets."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return "features" in f and "coords" in f and f["features"].shape[0] == f["coords"].shape[0]
+    except OSError:
+        return False

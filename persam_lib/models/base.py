@@ -1,0 +1,65 @@
+"""What every model shares: its configuration, its input batch and its output type."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ModelConfig:
+    """Every knob of the models, with defaults; saved inside each checkpoint so a run rebuilds itself.
+
+    ``field_cardinalities`` describes the clinical record: one entry per field, the number of
+    categories of a categorical field or 0 for a numeric one (see `RecordEncoder.cardinalities`).
+    """
+
+    feature_dim: int
+    n_classes: int
+    field_cardinalities: tuple[int, ...] = ()
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    mlp_ratio: float = 2.0
+    dropout: float = 0.1
+    use_position: bool = False  # add a learned embedding of each patch's (x, y) grid position
+
+
+@dataclass
+class Batch:
+    """A padded batch of bags with their clinical records.
+
+    features (B, N, D) float; patch_mask (B, N) bool, True where a patch is real (not padding);
+    coords (B, N, 2) long level-0 top-left; codes (B, F) long — category index + 1, or 1 for a
+    present numeric value, 0 for missing; values (B, F) float — standardised numeric values, 0
+    elsewhere.
+    """
+
+    features: torch.Tensor
+    patch_mask: torch.Tensor
+    coords: torch.Tensor
+    codes: torch.Tensor
+    values: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.features, self.patch_mask, self.coords, self.codes, self.values)))
+
+
+@dataclass
+class ModelOutput:
+    """The output every model returns.
+
+    logits (B, C); patch_attention (B, N), summing to 1 over each bag's real patches (None for
+    models without patch attention); field_attention (B, F), summing to 1 (None for models that
+    do not attend over clinical fields).
+    """
+
+    logits: torch.Tensor
+    patch_attention: torch.Tensor | None = None
+    field_attention: torch.Tensor | None = None
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``dim`` that gives exactly zero weight where ``mask`` is False."""
+    scores = scores.float().masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=dim).nan_to_num(0.0)

@@ -1,0 +1,124 @@
+"""Every figure the book shows, with one look.
+
+Heatmaps are painted at thumbnail resolution from the cached patch coordinates, so their memory
+is bounded by the thumbnail, whatever the slide's size.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+REGION_COLOURS = {"nodular": "#1f77b4", "diffuse": "#ff7f0e"}
+ATTENTION_CMAP = "magma"
+DIFFERENCE_CMAP = "RdBu_r"
+
+
+def use_book_style() -> None:
+    """The seaborn theme every chapter uses."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+
+
+def paint_patches(shape: tuple[int, int], downsample: float, coords: np.ndarray, size: int, values: np.ndarray) -> np.ndarray:
+    """A (h, w) float image at thumbnail resolution with each patch filled by its value (NaN elsewhere)."""
+    canvas = np.full(shape, np.nan, dtype=np.float32)
+    x0 = np.floor(coords[:, 0] / downsample).astype(int)
+    y0 = np.floor(coords[:, 1] / downsample).astype(int)
+    side = max(int(round(size / downsample)), 1)
+    for x, y, v in zip(x0, y0, values):
+        canvas[y : y + side, x : x + side] = v
+    return canvas
+
+
+def slide_overview(thumbnail: np.ndarray, tissue: np.ndarray | None = None, regions: dict[str, np.ndarray] | None = None, ax: Axes | None = None, title: str = "") -> Axes:
+    """The thumbnail with the tissue outline (green) and each region's outline in its colour."""
+    ax = ax or plt.subplots(figsize=(5, 4))[1]
+    ax.imshow(thumbnail)
+    h, w = thumbnail.shape[:2]
+    if tissue is not None:
+        _outline(ax, tissue, (h, w), "#2ca02c", "tissue")
+    for name, mask in (regions or {}).items():
+        _outline(ax, mask, (h, w), REGION_COLOURS.get(name, "k"), name)
+    ax.set_title(title)
+    ax.axis("off")
+    return ax
+
+
+def attention_heatmap(thumbnail: np.ndarray, downsample: float, coords: np.ndarray, size: int, attention: np.ndarray, ax: Axes | None = None, title: str = "", vmax: float | None = None, tissue: np.ndarray | None = None) -> Axes:
+    """Attention per patch painted over the thumbnail (perceptual colour map), tissue outlined."""
+    ax = ax or plt.subplots(figsize=(5, 4))[1]
+    canvas = paint_patches(thumbnail.shape[:2], downsample, coords, size, attention)
+    ax.imshow(thumbnail)
+    image = ax.imshow(canvas, cmap=ATTENTION_CMAP, alpha=0.65, vmin=0, vmax=vmax if vmax is not None else np.nanmax(canvas))
+    if tissue is not None:
+        _outline(ax, tissue, thumbnail.shape[:2], "#2ca02c", None)
+    ax.set_title(title)
+    ax.axis("off")
+    plt.colorbar(image, ax=ax, fraction=0.035, pad=0.02, label="attention")
+    return ax
+
+
+def attention_difference(thumbnail: np.ndarray, downsample: float, coords: np.ndarray, size: int, delta: np.ndarray, ax: Axes | None = None, title: str = "") -> Axes:
+    """Altered minus original attention per patch, on a diverging colour map centred at zero."""
+    ax = ax or plt.subplots(figsize=(5, 4))[1]
+    canvas = paint_patches(thumbnail.shape[:2], downsample, coords, size, delta)
+    limit = float(np.nanmax(np.abs(canvas))) or 1e-9
+    ax.imshow(thumbnail, alpha=0.5)
+    image = ax.imshow(canvas, cmap=DIFFERENCE_CMAP, vmin=-limit, vmax=limit, alpha=0.85)
+    ax.set_title(title)
+    ax.axis("off")
+    plt.colorbar(image, ax=ax, fraction=0.035, pad=0.02, label="Δ attention")
+    return ax
+
+
+def record_comparison(thumbnail: np.ndarray, downsample: float, coords: np.ndarray, size: int, original: np.ndarray, altered: np.ndarray, altered_label: str, regions: dict[str, np.ndarray] | None = None, tissue: np.ndarray | None = None, suptitle: str = "") -> Figure:
+    """Three panels: attention under the original record, under the altered one, and their difference."""
+    fig, axes = plt.subplots(1, 4 if regions else 3, figsize=(18 if regions else 14, 3.8), constrained_layout=True)
+    vmax = float(max(original.max(), altered.max()))
+    panels = list(axes)
+    if regions:
+        slide_overview(thumbnail, tissue, regions, ax=panels.pop(0), title="regions")
+    attention_heatmap(thumbnail, downsample, coords, size, original, ax=panels[0], title="original record", vmax=vmax, tissue=tissue)
+    attention_heatmap(thumbnail, downsample, coords, size, altered, ax=panels[1], title=altered_label, vmax=vmax, tissue=tissue)
+    attention_difference(thumbnail, downsample, coords, size, altered - original, ax=panels[2], title="altered − original")
+    fig.suptitle(suptitle)
+    return fig
+
+
+def learning_curves(history: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Training and validation loss per epoch, one line per fold (history from `Run.history`)."""
+    ax = ax or plt.subplots(figsize=(7, 3.5))[1]
+    long = history.melt(id_vars=["epoch", "fold"], value_vars=["train_loss", "val_loss"], var_name="split", value_name="loss")
+    sns.lineplot(data=long, x="epoch", y="loss", hue="split", units="fold", estimator=None, alpha=0.6, ax=ax)
+    ax.set_title("learning curves (one line per fold)")
+    return ax
+
+
+def metric_intervals(table: pd.DataFrame, metric: str, ax: Axes | None = None) -> Axes:
+    """Point estimate and 95% CI of ``metric`` per model (columns model, metric, metric_low, metric_high)."""
+    ax = ax or plt.subplots(figsize=(6, 0.6 + 0.5 * len(table)))[1]
+    y = np.arange(len(table))
+    ax.errorbar(table[metric], y, xerr=[table[metric] - table[f"{metric}_low"], table[f"{metric}_high"] - table[metric]], fmt="o", capsize=4)
+    ax.set_yticks(y, table["model"])
+    ax.set_xlabel(f"{metric.replace('_', ' ')} (95% CI)")
+    ax.set_xlim(0.4, 1.02)
+    ax.axvline(0.5, color="grey", ls=":", lw=1)
+    return ax
+
+
+def _outline(ax: Axes, mask: np.ndarray, shape: tuple[int, int], colour: str, label: str | None) -> None:
+    mask = np.asarray(mask, dtype=float)
+    if mask.shape != tuple(shape):  # masks may come at another resolution: map onto the thumbnail grid
+        yy = (np.arange(shape[0]) * mask.shape[0] / shape[0]).astype(int)
+        xx = (np.arange(shape[1]) * mask.shape[1] / shape[1]).astype(int)
+        mask = mask[yy][:, xx]
+    if mask.any():
+        ax.contour(mask, levels=[0.5], colors=[colour], linewidths=1.2)
+        if label:
+            ax.plot([], [], color=colour, label=label)
+            ax.legend(loc="lower right", fontsize=7, framealpha=0.7)

@@ -1,0 +1,55 @@
+"""Checkpoints that rebuild themselves: weights + model config + record encoder + feature normaliser."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from persam_lib.models import create_model
+from persam_lib.models.base import ModelConfig
+from persam_lib.models.clinical import RecordEncoder
+from persam_lib.train.data import FeatureNormaliser
+
+
+@dataclass
+class LoadedModel:
+    """A trained model with everything needed to feed it new bags and records."""
+
+    name: str
+    model: nn.Module
+    config: ModelConfig
+    record_encoder: RecordEncoder
+    normaliser: FeatureNormaliser
+
+
+def save_checkpoint(path: str | Path, loaded: LoadedModel, extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model_name": loaded.name,
+        "model_config": asdict(loaded.config),
+        "state_dict": loaded.model.state_dict(),
+        "record_encoder": loaded.record_encoder.state(),
+        "normaliser": loaded.normaliser.state(),
+        "extra": extra or {},
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild a model from a checkpoint, in eval mode."""
+    state = torch.load(Path(path), map_location=device, weights_only=False)
+    config_dict = dict(state["model_config"])
+    config_dict["field_cardinalities"] = tuple(config_dict["field_cardinalities"])
+    config = ModelConfig(**config_dict)
+    model = create_model(state["model_name"], config)
+    model.load_state_dict(state["state_dict"])
+    model.to(device).eval()
+    return LoadedModel(state["model_name"], model, config, RecordEncoder.from_state(state["record_encoder"]), FeatureNormaliser.from_state(state["normaliser"]))

@@ -1,0 +1,177 @@
+"""Cross-validated training into a run directory, and reading a run back.
+
+A run directory holds ``config.json``, ``schema.json``, ``folds.csv``, one ``fold_<k>/`` per fold
+(``checkpoint.pt``, ``history.csv``, ``predictions.csv``), and the pooled ``predictions.csv``
+(exactly one held-out prediction per patient) and ``metrics.json``. A fold whose files exist is
+skipped on rerun, so an interrupted `persam train` resumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from persam_lib.cohort.manifest import Cohort
+from persam_lib.models import create_model
+from persam_lib.models.base import ModelConfig
+from persam_lib.models.clinical import RecordEncoder
+from persam_lib.train.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
+from persam_lib.train.data import Bag, FeatureNormaliser, load_bags
+from persam_lib.train.folds import make_folds, split_validation
+from persam_lib.train.loop import TrainConfig, evaluate, fit, resolve_device
+from persam_lib.train.metrics import summarise
+
+
+class Run:
+    """A finished (or partly finished) run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "config.json").is_file():
+            raise FileNotFoundError(f"{self.path}: not a run directory (no config.json). Run `persam train` first.")
+        self.config = TrainConfig(**json.loads((self.path / "config.json").read_text()))
+        self.classes: list[str] = json.loads((self.path / "schema.json").read_text())["label"]["classes"]
+
+    @property
+    def inputs(self) -> dict:
+        """The manifest and features directory the run was trained on."""
+        path = self.path / "inputs.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @property
+    def predictions(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "predictions.csv", dtype={"patient_id": str, "slide_id": str})
+
+    @property
+    def metrics(self) -> dict:
+        return json.loads((self.path / "metrics.json").read_text())
+
+    @property
+    def folds(self) -> pd.Series:
+        return pd.read_csv(self.path / "folds.csv", dtype={"patient_id": str}).set_index("patient_id")["fold"]
+
+    def history(self) -> pd.DataFrame:
+        """Per-epoch training history of every fold, with a ``fold`` column."""
+        return pd.concat([pd.read_csv(p).assign(fold=int(p.parent.name.split("_")[1])) for p in sorted(self.path.glob("fold_*/history.csv"))], ignore_index=True)
+
+    def model_for_fold(self, fold: int, device: str | torch.device = "cpu") -> LoadedModel:
+        return load_checkpoint(self.path / f"fold_{fold}" / "checkpoint.pt", device=device)
+
+
+def train_cross_validated(cohort: Cohort, features_dir: str | Path, out_dir: str | Path, config: TrainConfig = TrainConfig(), *, progress: bool = True) -> Run:
+    """Train ``config.model`` with patient-level stratified k-fold CV; every patient is predicted once."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = out_dir / "config.json"
+    if previous.is_file() and json.loads(previous.read_text()) != asdict(config):
+        raise ValueError(f"{out_dir} holds a run with a different configuration. Use a new --out directory, or delete it to retrain.")
+    _atomic_text(out_dir / "config.json", json.dumps(asdict(config), indent=2))
+    _atomic_text(out_dir / "schema.json", json.dumps(cohort.schema.to_dict(), indent=2))
+    _atomic_text(out_dir / "inputs.json", json.dumps({"manifest": str(cohort.manifest_path), "features_dir": str(Path(features_dir).resolve())}, indent=2))
+
+    bags = load_bags(cohort, features_dir)
+    patients = sorted({b.patient_id for b in bags})
+    patient_labels = cohort.labels().loc[patients]
+    folds = make_folds(patient_labels, config.n_folds, config.seed)
+    _atomic_text(out_dir / "folds.csv", folds.rename_axis("patient_id").reset_index().to_csv(index=False))
+    records = cohort.records()
+    device = resolve_device(config.device)
+
+    for fold in tqdm(range(config.n_folds), desc=f"train {config.model}", disable=not progress):
+        fold_dir = out_dir / f"fold_{fold}"
+        if (fold_dir / "checkpoint.pt").is_file() and (fold_dir / "predictions.csv").is_file():
+            continue
+        fold_dir.mkdir(exist_ok=True)
+        torch.manual_seed(config.seed * 1000 + fold)
+        test_ids = set(folds.index[folds == fold])
+        train_ids, val_ids = split_validation(patient_labels[folds != fold], config.val_fraction, config.seed + fold)
+        pick = lambda ids: [b for b in bags if b.patient_id in set(ids)]  # noqa: E731
+        train_bags, val_bags, test_bags = pick(train_ids), pick(val_ids), pick(test_ids)
+        encoder = RecordEncoder(cohort.schema).fit(records.loc[train_ids])
+        normaliser = FeatureNormaliser.fit(train_bags)
+        model_config = ModelConfig(
+            feature_dim=bags[0].features.shape[1], n_classes=len(cohort.schema.label.classes), field_cardinalities=encoder.cardinalities,
+            d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers, dropout=config.dropout, use_position=config.use_position,
+        )
+        model = create_model(config.model, model_config)
+        model, history = fit(model, train_bags, val_bags, records, encoder, normaliser, config, model_config.n_classes)
+        probs = evaluate(model, test_bags, records, encoder, normaliser, device)
+        _atomic_text(fold_dir / "history.csv", history.to_csv(index=False))
+        save_checkpoint(fold_dir / "checkpoint.pt", LoadedModel(config.model, model.cpu(), model_config, encoder, normaliser), extra={"fold": fold, "train_patients": train_ids, "val_patients": val_ids})
+        _atomic_text(fold_dir / "predictions.csv", _prediction_table(test_bags, probs, fold, cohort.schema.label.classes).to_csv(index=False))
+
+    predictions = pd.concat([pd.read_csv(out_dir / f"fold_{k}" / "predictions.csv", dtype={"patient_id": str, "slide_id": str}) for k in range(config.n_folds)], ignore_index=True)
+    _atomic_text(out_dir / "predictions.csv", predictions.to_csv(index=False))
+    _atomic_text(out_dir / "metrics.json", json.dumps(run_metrics(predictions, cohort, config), indent=2))
+    return Run(out_dir)
+
+
+def _prediction_table(bags: list[Bag], probs: np.ndarray, fold: int, classes: tuple[str, ...]) -> pd.DataFrame:
+    """One row per patient: probabilities averaged over the patient's slides."""
+    rows = pd.DataFrame(probs, columns=[f"prob_{c}" for c in classes])
+    rows["patient_id"] = [b.patient_id for b in bags]
+    rows["slide_id"] = [b.slide_id for b in bags]
+    rows["y"] = [b.y for b in bags]
+    grouped = rows.groupby("patient_id", sort=True).agg({**{f"prob_{c}": "mean" for c in classes}, "slide_id": ";".join, "y": "first"}).reset_index()
+    prob_cols = [f"prob_{c}" for c in classes]
+    grouped["fold"] = fold
+    grouped["y_true"] = [classes[i] for i in grouped["y"]]
+    grouped["y_pred"] = [classes[i] for i in grouped[prob_cols].to_numpy().argmax(1)]
+    return grouped[["patient_id", "slide_id", "fold", "y_true", "y_pred", *prob_cols]]
+
+
+def run_metrics(predictions: pd.DataFrame, cohort: Cohort, config: TrainConfig) -> dict:
+    """Pooled metrics with bootstrap CIs, per-fold metrics, and (with ground truth) split by region agreement."""
+    classes = list(cohort.schema.label.classes)
+    prob_cols = [f"prob_{c}" for c in classes]
+    y = predictions["y_true"].map(classes.index).to_numpy()
+    probs = predictions[prob_cols].to_numpy()
+    out: dict = {"model": config.model, "overall": summarise(y, probs, seed=config.seed), "per_fold": {}}
+    for fold, part in predictions.groupby("fold"):
+        yy = part["y_true"].map(classes.index).to_numpy()
+        out["per_fold"][str(fold)] = {"n": int(len(part)), "accuracy": float((part["y_true"] == part["y_pred"]).mean())}
+    regions = _regions_table(cohort)
+    if regions is not None:
+        merged = predictions.merge(regions[["patient_id", "disagree"]], on="patient_id", how="left")
+        for name, part in merged.groupby("disagree"):
+            key = "regions_disagree" if bool(name) else "regions_agree"
+            yy = part["y_true"].map(classes.index).to_numpy()
+            out[key] = {"n": int(len(part)), "accuracy": float((part["y_true"] == part["y_pred"]).mean())}
+    return out
+
+
+def _regions_table(cohort: Cohort) -> pd.DataFrame | None:
+    if cohort.truth_path is None:
+        return None
+    truth = yaml.safe_load(cohort.truth_path.read_text())
+    if not truth.get("regions"):
+        return None
+    table = pd.read_csv(cohort.truth_path.parent / truth["regions"], dtype={"patient_id": str, "slide_id": str})
+    table["disagree"] = table["disagree"].astype(str).str.lower() == "true"
+    return table
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def comparison_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: balanced accuracy and AUROC with 95% CIs, and accuracy split by region agreement."""
+    rows = []
+    for run in runs:
+        m = run.metrics
+        row = {"model": m["model"], **{k: v for k, v in m["overall"].items()}}
+        for key in ("regions_agree", "regions_disagree"):
+            if key in m:
+                row[f"accuracy_{key}"] = m[key]["accuracy"]
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,37 @@
+import subprocess
+import sys
+
+import pandas as pd
+
+from persam_lib.cli import main
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    assert main(["demo-cohort", str(cohort), "--patients", "6", "--seed", "2"]) == 0
+    manifest = cohort / "manifest.yaml"
+    assert main(["validate", str(manifest)]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["extract", str(manifest), "--out", str(tmp_path / "features")]) == 0
+    assert main(["train", str(manifest), "--features", str(tmp_path / "features"), "--model", "persam", "--out", str(tmp_path / "run"), "--folds", "2", "--epochs", "2"]) == 0
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert len(predictions) == 6 and predictions["patient_id"].is_unique
+    out = tmp_path / "attention.csv"
+    assert main(["explain", str(tmp_path / "run"), "--manifest", str(manifest), "--alter", "site=nodal", "--alter", "sex=F;age=30", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["slide_id", "x", "y", "size", "record", "attention"]
+    assert set(table["record"]) == {"original", "site=nodal", "sex=F;age=30"}
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    (tmp_path / "m.yaml").write_text("cohort: x\n")
+    assert main(["validate", str(tmp_path / "m.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "persam validate: error:" in err and "required key 'slides' is missing" in err and "Traceback" not in err
+
+
+def test_persam_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "persam_lib.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("demo-cohort", "validate", "extract", "train", "explain", "book"):
+        assert command in result.stdout

@@ -1,0 +1,131 @@
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from persam_lib.features.encoders import create_encoder
+from persam_lib.features.extract import ExtractConfig, extract, extract_slide
+from persam_lib.features.store import SlideFeatures, is_complete, read_features, write_features
+from persam_lib.slides.patching import PatchConfig, mask_fraction, patch_grid
+from persam_lib.slides.reader import InMemorySlideReader, SlideError, open_slide
+from persam_lib.slides.tissue import tissue_mask
+
+
+def test_coords_are_inside_the_slide_and_on_tissue(tiny_cohort, tiny_features, tiny_cohort_dir):
+    for row in tiny_cohort.slides.itertuples():
+        data = read_features(tiny_features / f"{row.slide_id}.h5")
+        with open_slide(row.path) as slide:
+            width, height = slide.level_dimensions[0]
+        assert len(data.coords) > 5
+        assert (data.coords >= 0).all()
+        assert (data.coords[:, 0] + data.patch_size <= width).all() and (data.coords[:, 1] + data.patch_size <= height).all()
+        truth = np.asarray(Image.open(tiny_cohort_dir / "truth" / "masks" / f"{row.slide_id}.png")) > 0
+        on_tissue = mask_fraction(truth, 4, data.coords, data.patch_size)
+        assert on_tissue.min() > 0.3 and on_tissue.mean() > 0.8
+
+
+def test_h5_follows_clam_convention(tiny_features):
+    with h5py.File(next(tiny_features.glob("*.h5")), "r") as f:
+        assert f["features"].ndim == 2 and f["features"].dtype == np.float32
+        assert f["coords"].shape == (f["features"].shape[0], 2)
+        attrs = dict(f["coords"].attrs)
+        assert attrs["patch_size"] == 256 and attrs["patch_level"] == 0 and attrs["downsample"] == 1.0
+        assert attrs["mpp"] == pytest.approx(0.5)
+        assert f.attrs["encoder"] == "stats"
+
+
+def test_h5_round_trip_is_atomic(tmp_path):
+    data = SlideFeatures("S1", np.random.rand(7, 5).astype(np.float32), np.arange(14).reshape(7, 2), patch_size=256, mpp=0.25, encoder="x")
+    path = write_features(tmp_path / "S1.h5", data)
+    back = read_features(path)
+    np.testing.assert_array_equal(back.features, data.features)
+    np.testing.assert_array_equal(back.coords, data.coords)
+    assert (back.slide_id, back.patch_size, back.mpp, back.encoder) == ("S1", 256, 0.25, "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["S1.h5"]
+    assert is_complete(path)
+
+
+def test_truncated_h5_is_not_complete(tmp_path):
+    data = SlideFeatures("S1", np.random.rand(50, 5).astype(np.float32), np.zeros((50, 2), dtype=np.int64), patch_size=256)
+    path = write_features(tmp_path / "S1.h5", data)
+    path.write_bytes(path.read_bytes()[:500])
+    assert not is_complete(path)
+    with pytest.raises(ValueError, match="not a readable HDF5 feature file"):
+        read_features(path)
+
+
+def test_extract_resumes_and_records_failures(tiny_cohort, tmp_path):
+    out = tmp_path / "features"
+    first = extract(tiny_cohort, out, progress=False)
+    assert len(first.written) == 8
+    (out / "S0003.h5").unlink()
+    broken = tiny_cohort.slides.copy()
+    broken.loc[broken.slide_id == "S0005", "path"] = str(tmp_path / "missing.tiff")
+    tiny_cohort_broken = type(tiny_cohort)(**{**tiny_cohort.__dict__, "slides": broken})
+    (out / "S0005.h5").unlink()
+    second = extract(tiny_cohort_broken, out, progress=False)
+    assert second.written == ["S0003"] and len(second.skipped) == 6
+    assert list(second.failed) == ["S0005"] and "does not exist" in second.failed["S0005"]
+    assert "1 failed" in second.line()
+    assert "S0005" in (out / "failures.csv").read_text()
+
+
+def test_tissue_mask_finds_tissue_and_ignores_glass():
+    image = np.full((200, 300, 3), 245, dtype=np.uint8)
+    image[50:150, 60:200] = (230, 150, 200)  # pink tissue
+    image[10, 10] = (80, 40, 120)  # one speck of dust
+    mask = tissue_mask(image)
+    assert mask[60:140, 70:190].all()
+    assert not mask[:40].any() and not mask[:, 220:].any()
+    assert not tissue_mask(np.full((100, 100, 3), 250, dtype=np.uint8)).any()
+
+
+def test_patch_grid_respects_tissue_fraction():
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[:32, :32] = True  # the top-left quarter, at downsample 16 -> 512 level-0 px
+    coords = patch_grid(mask, 16, (1024, 1024), PatchConfig(patch_size=256, stride=256, min_tissue_fraction=0.5))
+    assert sorted(map(tuple, coords)) == [(0, 0), (0, 256), (256, 0), (256, 256)]
+
+
+def test_in_memory_reader_and_no_tissue_error():
+    blank = InMemorySlideReader(np.full((1024, 1024, 3), 250, dtype=np.uint8))
+    with pytest.raises(RuntimeError, match="no patch has at least"):
+        extract_slide(blank, "blank", create_encoder("stats"), ExtractConfig())
+    image = np.full((1024, 1024, 3), 250, dtype=np.uint8)
+    image[100:900, 100:900] = (220, 140, 190)
+    reader = InMemorySlideReader(image)
+    np.testing.assert_array_equal(reader.read_region((100, 100), 0, (10, 10)), image[100:110, 100:110])
+    data, mask, ds = extract_slide(reader, "pink", create_encoder("stats"), ExtractConfig())
+    assert data.features.shape == (len(data.coords), 26) and np.isfinite(data.features).all()
+
+
+def test_openslide_reader_errors_name_the_file(tmp_path):
+    with pytest.raises(SlideError, match="does not exist"):
+        open_slide(tmp_path / "absent.svs")
+    png = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((10, 10, 3), dtype=np.uint8)).save(png)
+    with pytest.raises(SlideError, match="photo.png"):
+        open_slide(png).level_dimensions
+
+
+def test_encoder_registry_lists_names():
+    with pytest.raises(ValueError, match="Available encoders: stats"):
+        create_encoder("resnet9000")
+
+
+def test_stats_encoder_separates_nuclear_size():
+    rng = np.random.default_rng(0)
+
+    def patch(radius, count):
+        img = np.full((256, 256, 3), (235, 160, 200), dtype=np.uint8)
+        yy, xx = np.mgrid[:256, :256]
+        for _ in range(count):
+            cy, cx = rng.integers(0, 256, 2)
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = (70, 40, 120)
+        return img
+
+    enc = create_encoder("stats")
+    small = enc(np.stack([patch(3, 200) for _ in range(4)]))
+    large = enc(np.stack([patch(7, 40) for _ in range(4)]))
+    # the finest difference-of-Gaussians energy responds more to small nuclei, relative to nuclear area
+    assert (small[:, 14] / small[:, 11]).mean() > (large[:, 14] / large[:, 11]).mean()

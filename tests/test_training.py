@@ -1,0 +1,121 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from persam_lib.cohort.schema import FieldSchema, FieldSpec, LabelSpec
+from persam_lib.models import ModelConfig, create_model
+from persam_lib.models.clinical import RecordEncoder
+from persam_lib.train.data import Bag, FeatureNormaliser
+from persam_lib.train.folds import make_folds
+from persam_lib.train.loop import TrainConfig, evaluate, fit
+from persam_lib.train.metrics import bootstrap_ci, macro_auroc
+from persam_lib.train.run import Run
+
+
+def _synthetic_task(n_patients: int, seed: int):
+    """Label = which of two patch types is 'hot', where the record field says which type to look at."""
+    rng = np.random.default_rng(seed)
+    bags, rows = [], []
+    for i in range(n_patients):
+        site = rng.choice(["a", "b"])
+        y = int(rng.integers(0, 2))
+        n = 30
+        feats = rng.normal(0, 1, (n, 4)).astype(np.float32)
+        kind = rng.integers(0, 2, n)  # patch type a (0) or b (1), marked in feature 0
+        feats[:, 0] = kind * 2 - 1
+        looked_at = kind == (0 if site == "a" else 1)
+        other = rng.integers(0, 2)
+        feats[:, 1] = np.where(looked_at, y * 2 - 1, other * 2 - 1) + rng.normal(0, 0.3, n)
+        pid = f"P{i:03d}"
+        bags.append(Bag(f"S{i:03d}", pid, feats, np.stack([np.arange(n) * 256, np.zeros(n)], 1).astype(np.int64), 256, y))
+        rows.append({"patient_id": pid, "site": site})
+    schema = FieldSchema((FieldSpec("site", "categorical", ("a", "b")),), LabelSpec("y", ("0", "1")))
+    return bags, pd.DataFrame(rows).set_index("patient_id"), schema
+
+
+@pytest.mark.parametrize("name", ["persam", "abmil"])
+def test_each_model_learns_above_chance(name):
+    torch.manual_seed(0)
+    bags, records, schema = _synthetic_task(160, seed=1)
+    train, val, test = bags[:100], bags[100:120], bags[120:]
+    encoder = RecordEncoder(schema).fit(records)
+    normaliser = FeatureNormaliser.fit(train)
+    config = TrainConfig(model=name, epochs=40, patience=40, batch_size=8, lr=3e-3, dropout=0.0)
+    model = create_model(name, ModelConfig(feature_dim=4, n_classes=2, field_cardinalities=encoder.cardinalities, d_model=16, n_heads=2, n_layers=2, dropout=0.0))
+    model, history = fit(model, train, val, records, encoder, normaliser, config, 2)
+    probs = evaluate(model, test, records, encoder, normaliser, torch.device("cpu"))
+    accuracy = (probs.argmax(1) == np.array([b.y for b in test])).mean()
+    assert accuracy > 0.65, accuracy  # chance is 0.5; the image-only ceiling of this task is ~0.75
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+
+
+def test_persam_uses_the_record_where_image_only_cannot():
+    torch.manual_seed(0)
+    bags, records, schema = _synthetic_task(240, seed=2)
+    train, val, test = bags[:160], bags[160:190], bags[190:]
+    encoder = RecordEncoder(schema).fit(records)
+    normaliser = FeatureNormaliser.fit(train)
+    config = TrainConfig(model="persam", epochs=60, patience=60, batch_size=8, lr=3e-3, dropout=0.0)
+    model = create_model("persam", ModelConfig(feature_dim=4, n_classes=2, field_cardinalities=encoder.cardinalities, d_model=16, n_heads=2, n_layers=2, dropout=0.0))
+    model, _ = fit(model, train, val, records, encoder, normaliser, config, 2)
+    probs = evaluate(model, test, records, encoder, normaliser, torch.device("cpu"))
+    assert (probs.argmax(1) == np.array([b.y for b in test])).mean() > 0.85
+
+
+def test_folds_never_split_a_patient_and_are_stratified():
+    labels = pd.Series([0] * 30 + [1] * 20, index=[f"P{i}" for i in range(50)])
+    folds = make_folds(labels, 5, seed=0)
+    assert folds.index.is_unique and set(folds) == set(range(5))
+    per_fold = pd.crosstab(folds, labels)
+    assert (per_fold[0] == 6).all() and (per_fold[1] == 4).all()
+    with pytest.raises(ValueError, match="smallest class"):
+        make_folds(labels.iloc[:33], 5)
+
+
+def test_metrics_and_bootstrap():
+    y = np.array([0, 0, 1, 1] * 10)
+    perfect = np.stack([1 - y, y], 1).astype(float)
+    assert macro_auroc(y, perfect) == 1.0
+    est, low, high = bootstrap_ci(y, perfect * 0.5 + 0.25, "balanced_accuracy")
+    assert est == low == high == 1.0
+    noisy = np.random.default_rng(0).random((40, 2))
+    est, low, high = bootstrap_ci(y, noisy, "auroc")
+    assert low <= est <= high and high - low > 0.05
+
+
+def test_run_directory_contract(tiny_run: Run, tiny_cohort):
+    predictions = tiny_run.predictions
+    assert list(predictions.columns) == ["patient_id", "slide_id", "fold", "y_true", "y_pred", "prob_A", "prob_B"]
+    assert sorted(predictions["patient_id"]) == sorted(tiny_cohort.clinical.index)  # each patient exactly once
+    np.testing.assert_allclose(predictions[["prob_A", "prob_B"]].sum(axis=1), 1, atol=1e-5)
+    folds = tiny_run.folds
+    for fold in range(2):  # a patient's fold model never trained on that patient
+        import torch as _t
+
+        state = _t.load(tiny_run.path / f"fold_{fold}" / "checkpoint.pt", weights_only=False)
+        trained_on = set(state["extra"]["train_patients"]) | set(state["extra"]["val_patients"])
+        assert trained_on.isdisjoint(folds.index[folds == fold])
+    metrics = tiny_run.metrics
+    assert {"balanced_accuracy", "balanced_accuracy_low", "balanced_accuracy_high", "auroc"} <= set(metrics["overall"])
+    assert "regions_disagree" in metrics or "regions_agree" in metrics
+    loaded = tiny_run.model_for_fold(0)
+    assert loaded.config.d_model == 16 and loaded.record_encoder.schema == tiny_cohort.schema
+
+
+def test_training_resumes_and_is_deterministic(tiny_cohort, tiny_features, tmp_path):
+    from persam_lib.train.run import train_cross_validated
+
+    config = TrainConfig(model="persam", n_folds=2, epochs=2, patience=2, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1)
+    a = train_cross_validated(tiny_cohort, tiny_features, tmp_path / "a", config, progress=False)
+    b = train_cross_validated(tiny_cohort, tiny_features, tmp_path / "b", config, progress=False)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
+    # an interrupted run (fold 1 missing) resumes: fold 0 is kept as it was
+    stamp = (tmp_path / "a" / "fold_0" / "checkpoint.pt").stat().st_mtime_ns
+    for f in (tmp_path / "a" / "fold_1").iterdir():
+        f.unlink()
+    again = train_cross_validated(tiny_cohort, tiny_features, tmp_path / "a", config, progress=False)
+    assert (tmp_path / "a" / "fold_0" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    pd.testing.assert_frame_equal(again.predictions, b.predictions)
+    with pytest.raises(ValueError, match="different configuration"):
+        train_cross_validated(tiny_cohort, tiny_features, tmp_path / "a", TrainConfig(model="abmil", n_folds=2), progress=False)
