@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORK ?= _work/demo
 
-.PHONY: book test clean distclean
+.PHONY: book test bench clean distclean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
@@ -28,3 +28,6 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) _work
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run

@@ -100,3 +100,14 @@ def test_absurd_mpp_is_rejected(cohort_copy):
     table.to_csv(cohort_copy / "slides.csv", index=False)
     with pytest.raises(ManifestError, match=r"line 2, field 'mpp'.*not a plausible"):
         load_manifest(cohort_copy / "manifest.yaml")
+
+
+def test_template_manifest_is_valid_but_for_the_slides_it_awaits():
+    from pathlib import Path
+
+    template = Path(__file__).resolve().parents[1] / "data_manifests" / "template" / "manifest.yaml"
+    problems = validate_manifest(template)
+    assert len(problems) == 3
+    assert all(p.field == "path" and "does not exist" in p.problem for p in problems)
+    cohort = load_manifest(template, check_files=False)
+    assert cohort.schema.label.classes == ("DLBCL", "FL") and len(cohort.slides) == 3

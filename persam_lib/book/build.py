@@ -64,7 +64,10 @@ def read_notebook_specs(project_root: str | Path) -> list[NotebookSpec]:
 
 
 def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, only: list[str] | None = None) -> BookReport:
-    """Execute the book's notebooks in order into ``book/executed/``; failures are collected, not raised."""
+    """Execute the book's notebooks in order into ``book/executed/``; failures are collected, not raised.
+
+    ``overrides`` are given to every notebook that declares the parameter (others ignore them).
+    """
     import papermill as pm
 
     root = Path(project_root).resolve()
@@ -74,7 +77,8 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
     for spec in read_notebook_specs(root):
         if only and spec.name not in only:
             continue
-        parameters = {**spec.parameters, "work_dir": str(Path(work_dir).resolve()), **(overrides or {})}
+        declared = _declared_parameters(spec.source)
+        parameters = {**spec.parameters, "work_dir": str(Path(work_dir).resolve()), **{k: v for k, v in (overrides or {}).items() if k in declared}}
         target = out_dir / f"{spec.name}.ipynb"
         tmp = out_dir / f".{spec.name}.running.ipynb"
         start = time.perf_counter()
@@ -83,12 +87,26 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
             pm.execute_notebook(str(spec.source), str(tmp), parameters=parameters, kernel_name="python3", cwd=str(root), progress_bar=False, log_output=False)
             os.replace(tmp, target)
             report.executed[spec.name] = time.perf_counter() - start
+            print(f"[persam book] {spec.name} done in {report.executed[spec.name]:.0f} s", flush=True)
         except Exception as err:  # papermill raises PapermillExecutionError with the failing cell
             report.failed[spec.name] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
             if tmp.exists():
                 os.replace(tmp, target)  # keep the partly executed notebook: the book shows the error
             print(f"[persam book] FAILED {spec.name}: {report.failed[spec.name]}", flush=True)
     return report
+
+
+def _declared_parameters(notebook: Path) -> set[str]:
+    """Names assigned in the notebook's cell tagged ``parameters``."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            return {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    return set()
 
 
 def build_html(project_root: str | Path, *, strict: bool = False) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from persam_lib.cohort.demo_tissue import LABEL_DOWNSAMPLE, REGION_LABELS, SlideDesign, render_slide
 from persam_lib.slides.tiff_writer import write_pyramidal_tiff

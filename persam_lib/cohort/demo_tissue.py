@@ -37,7 +37,7 @@ _CYTOPLASM = np.array(
         (246, 245, 248),  # glass
         (236, 160, 200),  # tissue: eosin
         (200, 150, 212),  # nodular: lilac
-        (245, 208, 224),  # diffuse: pale
+        (236, 186, 214),  # diffuse: pale pink, still clearly stained (tissue masks must keep it)
     ],
     dtype=np.float32,
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.explain.records import ORIGINAL, Alteration, default_alterations

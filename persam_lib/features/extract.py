@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.features.encoders import Encoder, create_encoder

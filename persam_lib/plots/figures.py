@@ -78,9 +78,11 @@ def attention_difference(thumbnail: np.ndarray, downsample: float, coords: np.nd
 
 def record_comparison(thumbnail: np.ndarray, downsample: float, coords: np.ndarray, size: int, original: np.ndarray, altered: np.ndarray, altered_label: str, regions: dict[str, np.ndarray] | None = None, tissue: np.ndarray | None = None, suptitle: str = "") -> Figure:
     """Three panels: attention under the original record, under the altered one, and their difference."""
-    fig, axes = plt.subplots(1, 4 if regions else 3, figsize=(18 if regions else 14, 3.8), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
     vmax = float(max(original.max(), altered.max()))
-    panels = list(axes)
+    panels = list(axes.ravel())
+    if not regions:
+        panels.pop(0).axis("off")
     if regions:
         slide_overview(thumbnail, tissue, regions, ax=panels.pop(0), title="regions")
     attention_heatmap(thumbnail, downsample, coords, size, original, ax=panels[0], title="original record", vmax=vmax, tissue=tissue)

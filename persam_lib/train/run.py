@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.models import create_model

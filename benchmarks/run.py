@@ -1,0 +1,24 @@
+"""Run every benchmark and print one table of ratios per benchmark: `python -m benchmarks.run`."""
+from __future__ import annotations
+
+import sys
+
+from benchmarks import bench_extract
+from benchmarks.common import print_table
+
+BENCHMARKS = {"extract": (bench_extract, "feature extraction, one core")}
+
+
+def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; available: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    for name in names or list(BENCHMARKS):
+        module, title = BENCHMARKS[name]
+        print_table(title, module.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
