@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from persam_lib.cohort.manifest import ManifestError
+from persam_lib.train.loop import TrainConfig
 
 
 def _demo_cohort(args: argparse.Namespace) -> int:
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="persam")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.set_defaults(func=_train)

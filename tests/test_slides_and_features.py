@@ -129,3 +129,22 @@ def test_stats_encoder_separates_nuclear_size():
     large = enc(np.stack([patch(7, 40) for _ in range(4)]))
     # the finest difference-of-Gaussians energy responds more to small nuclei, relative to nuclear area
     assert (small[:, 14] / small[:, 11]).mean() > (large[:, 14] / large[:, 11]).mean()
+
+
+def test_fast_tiled_tiff_path_returns_the_same_pixels_as_openslide(tiny_cohort):
+    from persam_lib.slides.reader import OpenSlideReader
+    from persam_lib.slides.tiled_tiff import TiledTiffReader
+
+    path = tiny_cohort.slides["path"].iloc[0]
+    assert isinstance(open_slide(path), TiledTiffReader)
+    assert isinstance(open_slide(path, backend="openslide"), OpenSlideReader)
+    slow, fast = OpenSlideReader(path), TiledTiffReader(path)
+    assert fast.level_dimensions == slow.level_dimensions and fast.mpp == slow.mpp
+    rng = np.random.default_rng(0)
+    for level, ds in enumerate(slow.level_downsamples):
+        ds = int(ds)
+        for _ in range(15):  # regions at pixel-aligned positions of the level, some past the edges
+            x, y = (rng.integers(-20, slow.level_dimensions[level][0] + 20, 2) * ds).tolist()
+            w, h = rng.integers(1, 300, 2).tolist()
+            np.testing.assert_array_equal(fast.read_region((x, y), level, (w, h)), slow.read_region((x, y), level, (w, h)))
+    np.testing.assert_array_equal(fast.thumbnail(16)[0], slow.thumbnail(16)[0])

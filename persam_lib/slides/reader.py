@@ -134,11 +134,23 @@ class InMemorySlideReader:
         pass
 
 
-def open_slide(path: str | Path, *, mpp: float | None = None) -> OpenSlideReader:
-    """Open a slide file; ``mpp`` overrides the slide's own resolution metadata when given."""
+def open_slide(path: str | Path, *, mpp: float | None = None, backend: str = "auto") -> SlideReader:
+    """Open a slide file with the fastest reader that can read it.
+
+    ``backend="auto"`` picks the tiled-TIFF fast path (stored JPEG tiles decoded once) for
+    generic tiled TIFF and SVS files, and OpenSlide for everything else; ``"openslide"`` forces
+    OpenSlide. ``mpp`` overrides the slide's own resolution metadata when given.
+    """
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"{path}: the slide file does not exist. Check the path in the slide table.")
+    if backend not in ("auto", "openslide", "tiled-tiff"):
+        raise ValueError(f"backend must be 'auto', 'openslide' or 'tiled-tiff', got '{backend}'")
+    if backend != "openslide":
+        from persam_lib.slides.tiled_tiff import TiledTiffReader, supports_fast_path
+
+        if backend == "tiled-tiff" or supports_fast_path(path):
+            return TiledTiffReader(str(path), mpp_override=mpp)
     return OpenSlideReader(str(path), mpp_override=mpp)
 
 

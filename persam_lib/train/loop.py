@@ -23,10 +23,10 @@ class TrainConfig:
     model: str = "persam"
     n_folds: int = 5
     val_fraction: float = 0.2
-    epochs: int = 60
-    patience: int = 15  # early stopping on validation loss
-    batch_size: int = 8
-    lr: float = 1e-3
+    epochs: int = 100
+    patience: int = 30  # early stopping on validation loss
+    batch_size: int = 16
+    lr: float = 3e-3
     weight_decay: float = 1e-2
     label_smoothing: float = 0.1
     d_model: int = 64
