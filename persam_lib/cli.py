@@ -36,7 +36,8 @@ def _extract(args: argparse.Namespace) -> int:
     from persam_lib.slides.patching import PatchConfig
 
     cohort = load_manifest(args.manifest)
-    config = ExtractConfig(encoder=args.encoder, patch=PatchConfig(patch_size=args.patch_size, stride=args.patch_size), batch_size=args.batch_size)
+    patch = PatchConfig(patch_size=args.patch_size, stride=args.stride, mpp=None if args.mpp <= 0 else args.mpp, min_tissue_fraction=args.min_tissue)
+    config = ExtractConfig(encoder=args.encoder, patch=patch, batch_size=args.batch_size)
     summary = extract(cohort, args.out, config)
     print(summary.line())
     return 1 if summary.failed else 0
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-cohort", help="generate the demo cohort (slides, clinical table, ground truth)")
     p.add_argument("out", type=Path)
-    p.add_argument("--patients", type=int, default=64)
+    p.add_argument("--patients", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo_cohort)
 
@@ -110,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", type=Path)
     p.add_argument("--out", type=Path, required=True, help="features directory")
     p.add_argument("--encoder", default="stats")
-    p.add_argument("--patch-size", type=int, default=256, help="patch side in level-0 pixels")
+    p.add_argument("--patch-size", type=int, default=256, help="patch side in pixels at --mpp")
+    p.add_argument("--mpp", type=float, default=0.5, help="target microns per pixel (0.5 ~ 20x); 0 = each slide's native level 0")
+    p.add_argument("--stride", type=int, default=None, help="grid step in pixels at --mpp (default: patch size, no overlap)")
+    p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept patch")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_extract)
 

@@ -81,3 +81,13 @@ def test_generation_is_resumable_and_deterministic(tmp_path):
 def test_pyramid_writer_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         write_pyramidal_tiff(tmp_path / "x.tiff", np.zeros((64, 64, 3), dtype=np.float32), mpp=0.5)
+
+
+def test_parallel_generation_gives_the_same_files_as_serial(tmp_path):
+    from persam_lib.cohort.demo import make_demo_cohort
+
+    config = DemoConfig(patients=4, seed=9, width=768, height=768, region_radius=120)
+    make_demo_cohort(tmp_path / "serial", config, progress=False, workers=1)
+    make_demo_cohort(tmp_path / "parallel", config, progress=False, workers=2)
+    for name in ("slides/S0001.tiff", "slides/S0004.tiff", "truth/masks/S0002.png", "clinical.csv", "manifest.yaml"):
+        assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes(), name

@@ -83,8 +83,34 @@ def test_tissue_mask_finds_tissue_and_ignores_glass():
 def test_patch_grid_respects_tissue_fraction():
     mask = np.zeros((64, 64), dtype=bool)
     mask[:32, :32] = True  # the top-left quarter, at downsample 16 -> 512 level-0 px
-    coords = patch_grid(mask, 16, (1024, 1024), PatchConfig(patch_size=256, stride=256, min_tissue_fraction=0.5))
+    coords = patch_grid(mask, 16, (1024, 1024), 256, 256, 0.5)
     assert sorted(map(tuple, coords)) == [(0, 0), (0, 256), (256, 0), (256, 256)]
+    overlapping = patch_grid(mask, 16, (1024, 1024), 256, 128, 0.5)
+    kept = set(map(tuple, overlapping.tolist()))
+    assert len(kept) == 15 and (128, 128) in kept and (384, 256) in kept  # half-covered patches are kept
+    assert (384, 384) not in kept  # a quarter covered is not
+
+
+def test_patch_plan_picks_the_level_and_resizes():
+    from persam_lib.slides.patching import plan_patches
+
+    # a 40x slide (0.25 mpp) with levels 1, 4, 16: 20x patches are read at level 0 and halved
+    plan = plan_patches(0.25, (1.0, 4.0, 16.0), PatchConfig(patch_size=256, mpp=0.5))
+    assert (plan.level, plan.read_size, plan.patch_size_level0, plan.stride_level0) == (0, 512, 512, 512)
+    # 5x patches (2.0 mpp) come from level 1 (downsample 4 = 1.0 mpp), read at 512 and halved
+    plan = plan_patches(0.25, (1.0, 4.0, 16.0), PatchConfig(patch_size=256, mpp=2.0, stride=128))
+    assert (plan.level, plan.read_size, plan.patch_size_level0, plan.stride_level0) == (1, 512, 2048, 1024)
+    # native resolution
+    assert plan_patches(0.5, (1.0, 4.0), PatchConfig(mpp=None)).read_size == 256
+    with pytest.raises(ValueError, match="'mpp' parameter"):
+        PatchConfig(mpp=100)
+
+
+def test_extraction_at_a_coarser_target_resolution(tiny_cohort):
+    reader = open_slide(tiny_cohort.slides["path"].iloc[0])
+    data, _, _ = extract_slide(reader, "S", create_encoder("stats"), ExtractConfig(patch=PatchConfig(patch_size=128, mpp=1.0)))
+    assert data.patch_size == 128 and data.patch_size_level0 == 256 and data.mpp == 1.0 and data.patch_level == 0
+    assert (data.coords % 256 == 0).all()
 
 
 def test_in_memory_reader_and_no_tissue_error():

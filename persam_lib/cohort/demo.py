@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ DIAGNOSTIC_REGION = {"nodal": "nodular", "extranodal": "diffuse"}
 class DemoConfig:
     """Size and seed of the generated cohort; the defaults keep `make book` within minutes on 2 CPUs."""
 
-    patients: int = 64
+    patients: int = 128
     seed: int = 0
     width: int = 3072  # level-0 pixels
     height: int = 2304
@@ -42,11 +44,13 @@ class DemoConfig:
     disagree_fraction: float = 0.5
 
 
-def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bool = True) -> Path:
+def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bool = True, workers: int | None = None) -> Path:
     """Generate the demo cohort in ``out`` and return the path of its manifest.
 
-    Resumable: slides already written (complete, renamed into place) are kept, so an interrupted
-    run continues where it stopped. The tables and manifest are written last, atomically.
+    Slides are rendered in ``workers`` processes (default: one per CPU). Resumable: slides already
+    written (complete, renamed into place) are kept, so an interrupted run continues where it
+    stopped. The tables and manifest are written last, atomically. The result depends only on
+    ``config`` (each slide has its own seed), not on the number of workers.
     """
     out = Path(out)
     (out / "slides").mkdir(parents=True, exist_ok=True)
@@ -54,16 +58,22 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
     rng = np.random.default_rng(config.seed)
     table = _design_patients(config, rng)
 
-    for row in tqdm(table.itertuples(), total=len(table), desc="demo slides", disable=not progress):
-        slide_path = out / "slides" / f"{row.slide_id}.tiff"
-        mask_path = out / "truth" / "masks" / f"{row.slide_id}.png"
-        if slide_path.exists() and mask_path.exists():
-            continue
-        slide_rng = np.random.default_rng([config.seed, int(row.slide_id[1:])])
-        design = SlideDesign(config.width, config.height, row.nodular_phenotype, row.diffuse_phenotype, config.region_radius)
-        rgb, labels = render_slide(design, slide_rng)  # labels at 1/4 resolution
-        write_pyramidal_tiff(slide_path, rgb, mpp=config.mpp)
-        _atomic_png(mask_path, labels)
+    todo = [
+        (config, out, row.slide_id, row.nodular_phenotype, row.diffuse_phenotype)
+        for row in table.itertuples()
+        if not ((out / "slides" / f"{row.slide_id}.tiff").exists() and (out / "truth" / "masks" / f"{row.slide_id}.png").exists())
+    ]
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(todo), desc="demo slides", disable=not progress)
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for _ in pool.map(_render_and_write, todo):
+                bar.update()
+    else:
+        for job in todo:
+            _render_and_write(job)
+            bar.update()
+    bar.close()
 
     slides = table[["slide_id", "patient_id"]].assign(path=[f"slides/{s}.tiff" for s in table.slide_id])
     clinical = table[["patient_id", "age", "sex", "site", "ldh", "subtype"]]
@@ -97,6 +107,17 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
     manifest_path = out / "manifest.yaml"
     _atomic_text(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
     return manifest_path
+
+
+def _render_and_write(job: tuple[DemoConfig, Path, str, str, str]) -> str:
+    """Render one slide and write it with its ground-truth mask (run in a worker process)."""
+    config, out, slide_id, nodular, diffuse = job
+    slide_rng = np.random.default_rng([config.seed, int(slide_id[1:])])
+    design = SlideDesign(config.width, config.height, nodular, diffuse, config.region_radius)
+    rgb, labels = render_slide(design, slide_rng)  # labels at 1/4 resolution
+    write_pyramidal_tiff(out / "slides" / f"{slide_id}.tiff", rgb, mpp=config.mpp)
+    _atomic_png(out / "truth" / "masks" / f"{slide_id}.png", labels)
+    return slide_id
 
 
 def _design_patients(config: DemoConfig, rng: np.random.Generator) -> pd.DataFrame:

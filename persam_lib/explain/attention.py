@@ -67,7 +67,7 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path, alterations:
                     "slide_id": row.slide_id,
                     "x": np.tile(data.coords[:, 0], len(labels)),
                     "y": np.tile(data.coords[:, 1], len(labels)),
-                    "size": data.patch_size,
+                    "size": data.patch_size_level0,
                     "record": np.repeat(labels, n),
                     "attention": attention[:, :n].ravel(),
                 }

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.features.encoders import Encoder, create_encoder
 from persam_lib.features.store import SlideFeatures, feature_path, is_complete, write_features
-from persam_lib.slides.patching import PatchConfig, patch_grid
+from persam_lib.slides.patching import PatchConfig, patch_grid, plan_patches
 from persam_lib.slides.reader import SlideReader, open_slide
 from persam_lib.slides.tissue import TissueConfig, tissue_mask
 
@@ -57,17 +57,28 @@ def extract_slide(reader: SlideReader, slide_id: str, encoder: Encoder, config: 
     """Features of one slide, its tissue mask and the mask's downsample (level-0 px per mask px)."""
     thumb, thumb_ds = reader.thumbnail(config.thumbnail_downsample)
     mask = tissue_mask(thumb, config.tissue)
-    coords = patch_grid(mask, thumb_ds, reader.level_dimensions[0], config.patch)
+    plan = plan_patches(reader.mpp, reader.level_downsamples, config.patch)
+    coords = patch_grid(mask, thumb_ds, reader.level_dimensions[0], plan.patch_size_level0, plan.stride_level0, config.patch.min_tissue_fraction)
     if len(coords) == 0:
         raise NoTissueError(f"{reader.path}: no patch has at least {config.patch.min_tissue_fraction:.0%} tissue (tissue mask covers {mask.mean():.1%} of the thumbnail). Check the slide, or lower min_tissue_fraction.")
-    size = config.patch.patch_size
     chunks = []
     for start in range(0, len(coords), config.batch_size):
-        batch = np.stack([reader.read_region((int(x), int(y)), 0, (size, size)) for x, y in coords[start : start + config.batch_size]])
+        batch = np.stack([read_patch(reader, (int(x), int(y)), plan) for x, y in coords[start : start + config.batch_size]])
         chunks.append(encoder(batch))
     features = np.concatenate(chunks).astype(np.float32)
-    data = SlideFeatures(slide_id=slide_id, features=features, coords=coords, patch_size=size, patch_level=0, downsample=1.0, mpp=reader.mpp, encoder=encoder.name)
+    data = SlideFeatures(
+        slide_id=slide_id, features=features, coords=coords, patch_size=plan.patch_size, patch_level=plan.level,
+        downsample=plan.level_downsample, mpp=plan.mpp, encoder=encoder.name, patch_size_level0=plan.patch_size_level0,
+    )
     return data, mask, thumb_ds
+
+
+def read_patch(reader: SlideReader, level0_xy: tuple[int, int], plan) -> np.ndarray:
+    """One patch at the plan's target resolution: read at the plan's level, resized when needed."""
+    pixels = reader.read_region(level0_xy, plan.level, (plan.read_size, plan.read_size))
+    if plan.read_size != plan.patch_size:
+        pixels = np.asarray(Image.fromarray(pixels).resize((plan.patch_size, plan.patch_size), Image.BILINEAR, reducing_gap=None if plan.read_size < plan.patch_size else 2.0))
+    return pixels
 
 
 def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = ExtractConfig(), *, progress: bool = True) -> ExtractSummary:

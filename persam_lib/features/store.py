@@ -1,8 +1,10 @@
 """Per-slide HDF5 feature files in the CLAM/TRIDENT convention.
 
 Each file holds ``features`` [N, D] float32 and ``coords`` [N, 2] int64 (level-0 top-left
-pixels). ``coords`` carries the attrs ``patch_size`` (level-0 px), ``patch_level``,
-``downsample`` and ``mpp``; the file carries ``encoder`` and ``slide_id``. Files are written to
+pixels). ``coords`` carries CLAM's attrs ``patch_size`` (pixels of the encoded patch),
+``patch_level`` and ``downsample`` (the pyramid level read and its downsample), plus
+``patch_size_level0`` (TRIDENT's name: the patch's side in level-0 pixels) and ``mpp`` (the
+encoded patch's resolution); the file carries ``encoder`` and ``slide_id``. Files are written to
 a temporary name and renamed, so a file under its final name is always complete.
 """
 from __future__ import annotations
@@ -22,13 +24,16 @@ class SlideFeatures:
     slide_id: str
     features: np.ndarray  # (N, D) float32
     coords: np.ndarray  # (N, 2) int64, level-0 top-left [x, y]
-    patch_size: int  # level-0 pixels
+    patch_size: int  # pixels of the encoded patch (at `mpp`)
     patch_level: int = 0
     downsample: float = 1.0
     mpp: float = float("nan")
     encoder: str = "unknown"
+    patch_size_level0: int = 0  # side in level-0 pixels; 0 = same as patch_size
 
     def __post_init__(self) -> None:
+        if not self.patch_size_level0:
+            self.patch_size_level0 = self.patch_size
         if self.features.ndim != 2 or self.coords.shape != (len(self.features), 2):
             raise ValueError(f"slide {self.slide_id}: features {self.features.shape} and coords {self.coords.shape} do not match")
 
@@ -53,6 +58,7 @@ def write_features(path: str | Path, data: SlideFeatures) -> Path:
             coords.attrs["patch_level"] = int(data.patch_level)
             coords.attrs["downsample"] = float(data.downsample)
             coords.attrs["mpp"] = float(data.mpp)
+            coords.attrs["patch_size_level0"] = int(data.patch_size_level0)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -72,13 +78,17 @@ def read_features(path: str | Path) -> SlideFeatures:
                 features = features[0]
             coords = np.asarray(f["coords"]).astype(np.int64)
             attrs = dict(f["coords"].attrs)
+            downsample = np.atleast_1d(np.asarray(attrs.get("downsample", 1.0), dtype=float))[0]  # CLAM stores (dx, dy)
+            patch_size = int(attrs.get("patch_size", 256))
+            level0 = int(attrs.get("patch_size_level0", 0)) or int(round(patch_size * downsample))
             return SlideFeatures(
                 slide_id=str(f.attrs.get("slide_id", path.stem)),
                 features=features,
                 coords=coords,
-                patch_size=int(attrs.get("patch_size", 256)),
+                patch_size=patch_size,
                 patch_level=int(attrs.get("patch_level", 0)),
-                downsample=float(attrs.get("downsample", 1.0)),
+                downsample=float(downsample),
+                patch_size_level0=level0,
                 mpp=float(attrs.get("mpp", float("nan"))),
                 encoder=str(f.attrs.get("encoder", "unknown")),
             )

@@ -1,4 +1,4 @@
-"""A grid of patches over the tissue, in level-0 pixel coordinates."""
+"""A grid of patches over the tissue, in level-0 pixel coordinates, at a target resolution."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,33 +8,73 @@ import numpy as np
 
 @dataclass(frozen=True)
 class PatchConfig:
-    """Patch side and stride in level-0 pixels, and the tissue fraction a patch must cover."""
+    """Patch side and stride in pixels *at the target resolution* ``mpp`` (microns per pixel).
+
+    ``mpp=None`` means the slide's native level-0 resolution. ``stride=None`` means no overlap
+    (stride = patch_size); a smaller stride gives overlapping patches.
+    """
 
     patch_size: int = 256
-    stride: int = 256  # = patch_size: no overlap
+    stride: int | None = None
+    mpp: float | None = 0.5  # 0.5 µm/px ≈ 20x
     min_tissue_fraction: float = 0.5
 
+    def __post_init__(self) -> None:
+        if self.patch_size < 8:
+            raise ValueError(f"The 'patch_size' parameter must be an int >= 8. Got {self.patch_size} instead.")
+        if self.stride is not None and self.stride < 1:
+            raise ValueError(f"The 'stride' parameter must be an int >= 1 or None. Got {self.stride} instead.")
+        if self.mpp is not None and not 0.05 <= self.mpp <= 20:
+            raise ValueError(f"The 'mpp' parameter must be in [0.05, 20] microns per pixel or None. Got {self.mpp} instead.")
+        if not 0.0 <= self.min_tissue_fraction <= 1.0:
+            raise ValueError(f"The 'min_tissue_fraction' parameter must be in [0, 1]. Got {self.min_tissue_fraction} instead.")
 
-def patch_grid(
-    mask: np.ndarray,
-    mask_downsample: float,
-    level0_size: tuple[int, int],
-    config: PatchConfig = PatchConfig(),
-) -> np.ndarray:
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """How one slide is cut: which pyramid level is read, and patch geometry in level-0 pixels."""
+
+    level: int  # pyramid level the pixels are read from
+    level_downsample: float
+    read_size: int  # patch side read at `level`, resized to `patch_size` when they differ
+    patch_size: int  # side of the encoded patch, at the target resolution
+    patch_size_level0: int
+    stride_level0: int
+    mpp: float  # resolution of the encoded patch
+
+
+def plan_patches(level0_mpp: float, level_downsamples: tuple[float, ...], config: PatchConfig = PatchConfig()) -> PatchPlan:
+    """Choose the coarsest pyramid level that is at least as fine as the target resolution.
+
+    Reading from a level no coarser than the target and resizing down keeps every detail the
+    target resolution can show; reading a coarser level and upsampling would invent it.
+    """
+    target_mpp = config.mpp if config.mpp is not None else level0_mpp
+    target_ds = target_mpp / level0_mpp
+    candidates = [i for i, d in enumerate(level_downsamples) if d <= target_ds * 1.01]
+    level = max(candidates, key=lambda i: level_downsamples[i]) if candidates else 0
+    level_ds = level_downsamples[level]
+    patch_level0 = int(round(config.patch_size * target_ds))
+    stride_level0 = int(round((config.stride or config.patch_size) * target_ds))
+    read_size = int(round(patch_level0 / level_ds))
+    return PatchPlan(level, level_ds, read_size, config.patch_size, patch_level0, max(stride_level0, 1), target_mpp)
+
+
+def patch_grid(mask: np.ndarray, mask_downsample: float, level0_size: tuple[int, int], patch_size_level0: int, stride_level0: int, min_tissue_fraction: float = 0.5) -> np.ndarray:
     """Top-left level-0 coordinates (N, 2) [x, y] of patches whose tissue fraction is high enough.
 
     The tissue fraction of a patch is measured on the thumbnail mask (``mask_downsample`` level-0
     pixels per mask pixel). Patches lie wholly inside the slide.
     """
     width, height = level0_size
-    xs = np.arange(0, width - config.patch_size + 1, config.stride)
-    ys = np.arange(0, height - config.patch_size + 1, config.stride)
+    xs = np.arange(0, width - patch_size_level0 + 1, stride_level0)
+    ys = np.arange(0, height - patch_size_level0 + 1, stride_level0)
     if len(xs) == 0 or len(ys) == 0:
         return np.zeros((0, 2), dtype=np.int64)
     gx, gy = np.meshgrid(xs, ys)
     coords = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.int64)
-    fractions = mask_fraction(mask, mask_downsample, coords, config.patch_size)
-    return coords[fractions >= config.min_tissue_fraction]
+    fractions = mask_fraction(mask, mask_downsample, coords, patch_size_level0)
+    return coords[fractions >= min_tissue_fraction]
 
 
 def mask_fraction(mask: np.ndarray, mask_downsample: float, coords: np.ndarray, patch_size: int) -> np.ndarray:

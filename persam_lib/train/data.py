@@ -22,7 +22,7 @@ class Bag:
     patient_id: str
     features: np.ndarray  # (N, D)
     coords: np.ndarray  # (N, 2)
-    patch_size: int
+    patch_size: int  # level-0 pixels
     y: int
 
 
@@ -34,7 +34,7 @@ def load_bags(cohort: Cohort, features_dir: str | Path) -> list[Bag]:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no features for slide '{row.slide_id}'. Run `persam extract` first (see failures.csv there if it failed).")
         data = read_features(path)
-        bags.append(Bag(row.slide_id, row.patient_id, data.features, data.coords, data.patch_size, int(row.y)))
+        bags.append(Bag(row.slide_id, row.patient_id, data.features, data.coords, data.patch_size_level0, int(row.y)))
     return bags
 
 
