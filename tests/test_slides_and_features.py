@@ -174,3 +174,30 @@ def test_fast_tiled_tiff_path_returns_the_same_pixels_as_openslide(tiny_cohort):
             w, h = rng.integers(1, 300, 2).tolist()
             np.testing.assert_array_equal(fast.read_region((x, y), level, (w, h)), slow.read_region((x, y), level, (w, h)))
     np.testing.assert_array_equal(fast.thumbnail(16)[0], slow.thumbnail(16)[0])
+
+
+def test_a_corrupt_tile_fails_only_its_slide(tiny_cohort, tmp_path):
+    import shutil
+
+    import tifffile
+
+    from persam_lib.features.extract import ExtractConfig
+
+    broken = tmp_path / "broken.tiff"
+    shutil.copy(tiny_cohort.slides["path"].iloc[0], broken)
+    with tifffile.TiffFile(broken) as tif:
+        page = tif.pages[0]
+        across = -(-page.imagewidth // page.tilewidth)
+        middle = (page.imagelength // page.tilelength // 2) * across + across // 2  # a tile in the tissue
+        offset, count = page.dataoffsets[middle], page.databytecounts[middle]
+    with open(broken, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff\xd8\xff\x00garbage" * (count // 11))
+    slides = tiny_cohort.slides.head(3).copy()
+    slides.loc[slides.index[1], "path"] = str(broken)
+    cohort = type(tiny_cohort)(**{**tiny_cohort.__dict__, "slides": slides})
+    summary = extract(cohort, tmp_path / "features", ExtractConfig(num_workers=1, batch_size=16), progress=False)
+    assert sorted(summary.written) == sorted([slides.slide_id.iloc[0], slides.slide_id.iloc[2]])
+    failed_id = slides.slide_id.iloc[1]
+    assert list(summary.failed) == [failed_id] and "broken.tiff" in summary.failed[failed_id]
+    assert not (tmp_path / "features" / f"{failed_id}.h5").exists()
