@@ -67,10 +67,12 @@ def attention_difference(thumbnail: np.ndarray, downsample: float, coords: np.nd
     """Altered minus original attention per patch, on a diverging colour map centred at zero."""
     ax = ax or plt.subplots(figsize=(5, 4))[1]
     canvas = paint_patches(thumbnail.shape[:2], downsample, coords, size, delta)
-    limit = float(np.nanmax(np.abs(canvas))) or 1e-9
+    limit = float(np.nanmax(np.abs(canvas)))
+    unchanged = limit < 1e-6  # float noise only: say so rather than stretch noise over the colour map
+    limit = max(limit, 1e-6)
     ax.imshow(thumbnail, alpha=0.5)
-    image = ax.imshow(canvas, cmap=DIFFERENCE_CMAP, vmin=-limit, vmax=limit, alpha=0.85)
-    ax.set_title(title)
+    image = ax.imshow(canvas * 0.0 if unchanged else canvas, cmap=DIFFERENCE_CMAP, vmin=-limit, vmax=limit, alpha=0.85)
+    ax.set_title(f"{title} (no change)" if unchanged else title)
     ax.axis("off")
     plt.colorbar(image, ax=ax, fraction=0.035, pad=0.02, label="Δ attention")
     return ax
