@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from persam_lib.cohort.manifest import ManifestError
+from persam_lib.slides.reader import SlideError
 from persam_lib.train.loop import TrainConfig
 
 
@@ -37,10 +38,22 @@ def _extract(args: argparse.Namespace) -> int:
 
     cohort = load_manifest(args.manifest)
     patch = PatchConfig(patch_size=args.patch_size, stride=args.stride, mpp=None if args.mpp <= 0 else args.mpp, min_tissue_fraction=args.min_tissue)
-    config = ExtractConfig(encoder=args.encoder, patch=patch, batch_size=args.batch_size)
+    config = ExtractConfig(encoder=args.encoder, encoder_weights=str(args.weights) if args.weights else None, patch=patch, batch_size=args.batch_size, num_workers=args.workers)
     summary = extract(cohort, args.out, config)
     print(summary.line())
     return 1 if summary.failed else 0
+
+
+def _import_features(args: argparse.Namespace) -> int:
+    from persam_lib.cohort.manifest import load_manifest
+    from persam_lib.features.importing import import_features
+
+    cohort = load_manifest(args.manifest)
+    summary = import_features(cohort, args.source, args.out, args.format)
+    print(summary.line())
+    for slide_id, reason in summary.failed.items():
+        print(f"  {slide_id}: {reason}", file=sys.stderr)
+    return 1 if summary.failed or summary.missing else 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -110,13 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="tissue, patches and features: one HDF5 per slide (resumable)")
     p.add_argument("manifest", type=Path)
     p.add_argument("--out", type=Path, required=True, help="features directory")
-    p.add_argument("--encoder", default="stats")
+    p.add_argument("--encoder", default="stats", help="stats (no weights), resnet50_trunc, vit_s16, or timm:<name> when timm is installed")
+    p.add_argument("--weights", type=Path, help="local weight file (torchvision / timm state dict) for resnet50_trunc, vit_s16, timm:*")
+    p.add_argument("--workers", type=int, default=-1, help="patch-reading processes (-1: one per CPU but one; 0: none)")
     p.add_argument("--patch-size", type=int, default=256, help="patch side in pixels at --mpp")
     p.add_argument("--mpp", type=float, default=0.5, help="target microns per pixel (0.5 ~ 20x); 0 = each slide's native level 0")
     p.add_argument("--stride", type=int, default=None, help="grid step in pixels at --mpp (default: patch size, no overlap)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept patch")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_extract)
+
+    p = sub.add_parser("import-features", help="bring in features written by CLAM or TRIDENT, checked against the manifest")
+    p.add_argument("source", type=Path, help="the other tool's output folder")
+    p.add_argument("--format", choices=["clam", "trident"], required=True)
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="features directory to fill")
+    p.set_defaults(func=_import_features)
 
     p = sub.add_parser("train", help="patient-level cross-validated training into a run directory (resumable)")
     p.add_argument("manifest", type=Path)
@@ -152,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ManifestError, FileNotFoundError, ValueError) as err:
+    except (ManifestError, FileNotFoundError, ValueError, SlideError) as err:
         print(f"persam {args.command}: error: {err}", file=sys.stderr)
         return 2
 

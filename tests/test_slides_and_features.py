@@ -135,7 +135,7 @@ def test_openslide_reader_errors_name_the_file(tmp_path):
 
 
 def test_encoder_registry_lists_names():
-    with pytest.raises(ValueError, match="Available encoders: stats"):
+    with pytest.raises(ValueError, match="Available encoders: .*stats"):
         create_encoder("resnet9000")
 
 

@@ -66,16 +66,78 @@ class StatsEncoder:
         return out
 
 
-_REGISTRY: dict[str, Callable[..., Encoder]] = {"stats": StatsEncoder}
+def _torch_encoder(name: str, build: Callable[[], "object"], ignore_prefixes: tuple[str, ...] = ()) -> Callable[..., Encoder]:
+    """A factory for a PyTorch encoder whose weights come from a local file."""
+
+    def factory(weights: str | None = None, random_init: bool = False, device: str | None = None) -> Encoder:
+        from persam_lib.features.torch_encoder import TorchEncoder, WeightsError, load_weights
+
+        model = build()
+        if weights:
+            load_weights(model, weights, ignore_prefixes=ignore_prefixes)
+        elif not random_init:
+            raise WeightsError(
+                f"Encoder '{name}' needs weights: pass the path of a local state dict (torchvision / timm layout), "
+                "e.g. `persam extract ... --encoder {name} --weights resnet50.pth`. Nothing is downloaded."
+            )
+        return TorchEncoder(name, model, model.dim, device)
+
+    return factory
+
+
+def _resnet50_trunc():
+    from persam_lib.features.resnet import ResNet50Trunc
+
+    return ResNet50Trunc()
+
+
+def _vit_small16():
+    from persam_lib.features.vit import ViTSmall16
+
+    return ViTSmall16()
+
+
+_REGISTRY: dict[str, Callable[..., Encoder]] = {
+    "stats": StatsEncoder,
+    "resnet50_trunc": _torch_encoder("resnet50_trunc", _resnet50_trunc, ignore_prefixes=("layer4.", "fc.")),
+    "vit_s16": _torch_encoder("vit_s16", _vit_small16, ignore_prefixes=("head.", "fc_norm.")),
+}
+
+
+def _timm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("timm") is not None
 
 
 def available_encoders() -> list[str]:
-    """Names `create_encoder` accepts."""
-    return sorted(_REGISTRY)
+    """Names `create_encoder` accepts (plus ``timm:<model>`` when timm is importable)."""
+    return sorted(_REGISTRY) + (["timm:<model name>"] if _timm_available() else [])
 
 
 def create_encoder(name: str, **kwargs: object) -> Encoder:
-    """Build the encoder registered under ``name``; an unknown name lists the valid ones."""
+    """Build the encoder registered under ``name``; an unknown name lists the valid ones.
+
+    ``stats`` needs no weights; ``resnet50_trunc`` and ``vit_s16`` take ``weights=PATH`` (a local
+    state dict in torchvision's / timm's layout); ``timm:<model>`` builds a timm model (when timm
+    is installed) from ``weights=PATH``.
+    """
+    if name.startswith("timm:") and _timm_available():
+        return _timm_encoder(name.removeprefix("timm:"), **kwargs)  # type: ignore[arg-type]
     if name not in _REGISTRY:
         raise ValueError(f"Unknown encoder '{name}'. Available encoders: {', '.join(available_encoders())}.")
-    return _REGISTRY[name](**kwargs)
+    if name == "stats" and kwargs.get("weights"):
+        raise ValueError("The 'stats' encoder has no weights; drop --weights or choose another encoder.")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or name != "stats"}
+    return _REGISTRY[name](**{k: v for k, v in kwargs.items() if name != "stats"})
+
+
+def _timm_encoder(model_name: str, weights: str | None = None, random_init: bool = False, device: str | None = None) -> Encoder:
+    import timm
+
+    from persam_lib.features.torch_encoder import TorchEncoder, WeightsError
+
+    if not weights and not random_init:
+        raise WeightsError(f"Encoder 'timm:{model_name}' needs weights: pass a local checkpoint path; nothing is downloaded.")
+    model = timm.create_model(model_name, pretrained=False, num_classes=0, checkpoint_path=weights or "")
+    return TorchEncoder(f"timm:{model_name}", model, int(model.num_features), device)

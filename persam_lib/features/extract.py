@@ -32,6 +32,7 @@ class ExtractConfig:
     """How features are extracted; saved as ``extract_config.json`` beside the features."""
 
     encoder: str = "stats"
+    encoder_weights: str | None = None  # local weight file for CNN/ViT encoders
     patch: PatchConfig = field(default_factory=PatchConfig)
     tissue: TissueConfig = field(default_factory=TissueConfig)
     thumbnail_downsample: float = 16.0  # tissue is segmented on the level nearest this downsample
@@ -152,7 +153,7 @@ def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = Extract
     out_dir = Path(out_dir)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     _atomic_text(out_dir / "extract_config.json", json.dumps(asdict(config), indent=2))
-    encoder = create_encoder(config.encoder)
+    encoder = create_encoder(config.encoder, weights=config.encoder_weights)
     summary = ExtractSummary()
     plans: list[SlidePlan] = []
     for row in tqdm(list(cohort.slides.itertuples()), desc="tissue + grid", disable=not progress):
