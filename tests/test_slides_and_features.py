@@ -201,3 +201,18 @@ def test_a_corrupt_tile_fails_only_its_slide(tiny_cohort, tmp_path):
     failed_id = slides.slide_id.iloc[1]
     assert list(summary.failed) == [failed_id] and "broken.tiff" in summary.failed[failed_id]
     assert not (tmp_path / "features" / f"{failed_id}.h5").exists()
+
+
+def test_tissue_mask_rejects_pen_marks_and_dust():
+    image = np.full((300, 400, 3), 245, dtype=np.uint8)
+    image[50:250, 50:350] = (232, 150, 200)  # pink tissue
+    image[120:180, 120:180] = (110, 70, 160)  # a purple (haematoxylin-rich) lesion stays tissue
+    image[20:30, 20:380] = (40, 70, 170)  # blue pen line across glass and tissue
+    image[260:275, 60:200] = (40, 150, 60)  # green pen
+    image[280:290, 300:320] = (20, 20, 25)  # black ink dot
+    for y, x in [(10, 390), (290, 10)]:
+        image[y : y + 2, x : x + 2] = (150, 90, 140)  # dust specks
+    mask = tissue_mask(image)
+    assert mask[120:180, 120:180].all() and mask[60:240, 60:110].all()
+    assert not mask[20:30].any() and not mask[258:].any()
+    assert mask.sum() < 300 * 200 * 1.02

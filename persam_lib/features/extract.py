@@ -152,6 +152,8 @@ def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = Extract
     """Extract features for every slide of ``cohort`` into ``out_dir``; skip slides already done."""
     out_dir = Path(out_dir)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    for stale in list(out_dir.glob(".*.tmp")) + list((out_dir / "masks").glob(".*.tmp.png")):
+        stale.unlink(missing_ok=True)  # left by a run that was killed mid-write
     _atomic_text(out_dir / "extract_config.json", json.dumps(asdict(config), indent=2))
     encoder = create_encoder(config.encoder, weights=config.encoder_weights)
     summary = ExtractSummary()

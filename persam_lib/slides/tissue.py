@@ -16,8 +16,9 @@ class TissueConfig:
     median_size: int = 5  # median filter on saturation, removes dust and JPEG noise
     min_saturation: float = 0.05  # floor for the Otsu threshold, so blank slides give no tissue
     closing_radius: int = 2
-    min_area: int = 64  # connected components smaller than this are dropped
+    min_area: int = 64  # connected components smaller than this are dropped (dust, debris)
     max_hole_area: int = 64  # holes smaller than this are filled
+    reject_pen: bool = True  # drop blue/green/black ink: H&E is pink to purple, so red >= green
 
 
 def tissue_mask(thumbnail_rgb: np.ndarray, config: TissueConfig = TissueConfig()) -> np.ndarray:
@@ -33,6 +34,8 @@ def tissue_mask(thumbnail_rgb: np.ndarray, config: TissueConfig = TissueConfig()
     except ValueError:  # constant image
         threshold = 1.0
     mask = saturation > max(threshold, config.min_saturation)
+    if config.reject_pen:
+        mask &= ~pen_marks(thumbnail_rgb)
     if config.closing_radius > 0:
         structure = _disk(config.closing_radius)
         mask = ndimage.binary_closing(mask, structure=structure, border_value=0)
@@ -50,6 +53,19 @@ def tissue_mask(thumbnail_rgb: np.ndarray, config: TissueConfig = TissueConfig()
         small[1:] = hole_areas < config.max_hole_area
         mask = mask | small[hole_labels]
     return mask
+
+
+def pen_marks(thumbnail_rgb: np.ndarray) -> np.ndarray:
+    """Pixels of marker ink: blue or green (green channel above red) or near-black.
+
+    Eosin and haematoxylin both absorb green more than red, so stained tissue always has
+    red >= green; ink of the usual marker colours does not.
+    """
+    rgb = thumbnail_rgb[..., :3].astype(np.int16)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    coloured_ink = g > r + 10
+    black_ink = rgb.max(-1) < 60
+    return ndimage.binary_dilation(coloured_ink | black_ink, iterations=1)
 
 
 def _disk(radius: int) -> np.ndarray:
