@@ -27,7 +27,7 @@ def _add_slides(cohort_dir, extra: dict[str, str], mpp: dict[str, str] | None = 
 
 
 def _extract(cohort_dir, out, capsys):
-    code = main(["extract", str(cohort_dir / "manifest.yaml"), "--out", str(out), "--workers", "0"])
+    code = main(["extract", str(cohort_dir / "manifest.yaml"), "--out", str(out), "--readers", "0"])
     return code, capsys.readouterr().out, pd.read_csv(out / "failures.csv").set_index("slide_id")["reason"].to_dict()
 
 
@@ -68,7 +68,7 @@ def test_missing_mpp_is_an_error_unless_the_manifest_gives_it(cohort_copy, tmp_p
 
 def test_a_killed_extraction_resumes_and_every_file_is_readable(tiny_cohort, tmp_path):
     out = tmp_path / "features"
-    command = [sys.executable, "-m", "persam_lib.cli", "extract", str(tiny_cohort.manifest_path), "--out", str(out), "--workers", "1", "--batch-size", "4"]
+    command = [sys.executable, "-m", "persam_lib.cli", "extract", str(tiny_cohort.manifest_path), "--out", str(out), "--readers", "1", "--batch-size", "4"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("S*.h5"))) < 2:

@@ -216,3 +216,20 @@ def test_tissue_mask_rejects_pen_marks_and_dust():
     assert mask[120:180, 120:180].all() and mask[60:240, 60:110].all()
     assert not mask[20:30].any() and not mask[258:].any()
     assert mask.sum() < 300 * 200 * 1.02
+
+
+def test_dask_local_cluster_gives_the_same_features_and_resumes(tiny_cohort, tiny_features, tmp_path):
+    from persam_lib.features.distributed import extract_distributed
+
+    slides = tiny_cohort.slides.head(4).copy()
+    slides.loc[slides.index[3], "path"] = str(tmp_path / "gone.tiff")
+    cohort = type(tiny_cohort)(**{**tiny_cohort.__dict__, "slides": slides})
+    out = tmp_path / "features"
+    summary = extract_distributed(cohort, out, n_workers=2, progress=False)
+    assert sorted(summary.written) == list(slides.slide_id[:3]) and list(summary.failed) == [slides.slide_id.iloc[3]]
+    for slide_id in summary.written:
+        ours, reference = read_features(out / f"{slide_id}.h5"), read_features(tiny_features / f"{slide_id}.h5")
+        np.testing.assert_allclose(ours.features, reference.features, rtol=1e-6)
+        np.testing.assert_array_equal(ours.coords, reference.coords)
+    again = extract_distributed(cohort, out, n_workers=2, progress=False)
+    assert sorted(again.skipped) == list(slides.slide_id[:3]) and again.written == []
