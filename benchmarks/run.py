@@ -6,7 +6,7 @@ import sys
 from benchmarks import bench_extract
 from benchmarks.common import print_table
 
-BENCHMARKS = {"extract": (bench_extract, "feature extraction, one core")}
+BENCHMARKS = {"extract": (bench_extract, "feature extraction (one core per process)")}
 
 
 def main(names: list[str]) -> int:

@@ -8,6 +8,7 @@ levels and microns per pixel, and tests check that they return identical pixels.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class TiledTiffReader:
         except (tifffile.TiffFileError, OSError) as err:
             raise SlideError(f"{self.path}: not a readable TIFF ({err}).") from err
         self._pages = [self._page_for(dims) for dims in self.level_dimensions]
+        self._fd = os.open(self.path, os.O_RDONLY)  # tiles are read with pread: no shared file position
 
     def _page_for(self, dims: tuple[int, int]) -> tifffile.TiffPage:
         for page in self._tif.pages:
@@ -57,9 +59,7 @@ class TiledTiffReader:
         page = self._pages[level]
         across = -(-page.imagewidth // page.tilewidth)
         index = row * across + col
-        fh = self._tif.filehandle
-        fh.seek(page.dataoffsets[index])
-        data = fh.read(page.databytecounts[index])
+        data = os.pread(self._fd, page.databytecounts[index], page.dataoffsets[index])
         try:
             decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         except Exception as err:  # imagecodecs raises its own error types for corrupt tiles
@@ -76,8 +76,10 @@ class TiledTiffReader:
         ds = self.level_downsamples[level]
         x, y = int(level0_xy[0] / ds), int(level0_xy[1] / ds)
         w, h = int(size[0]), int(size[1])
-        out = np.full((h, w, 3), 255, dtype=np.uint8)
         tw, th = page.tilewidth, page.tilelength
+        if x % tw == 0 and y % th == 0 and (w, h) == (tw, th) and x >= 0 and y >= 0 and x + w <= page.imagewidth and y + h <= page.imagelength:
+            return self._tile(level, y // th, x // tw).copy()  # the region is exactly one stored tile
+        out = np.full((h, w, 3), 255, dtype=np.uint8)
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, page.imagewidth), min(y + h, page.imagelength)
         for row in range(y0 // th, (y1 - 1) // th + 1 if y1 > y0 else 0):
@@ -97,6 +99,9 @@ class TiledTiffReader:
     def close(self) -> None:
         self._tif.close()
         self._cache.clear()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "TiledTiffReader":
         return self
