@@ -38,7 +38,7 @@ def _extract(args: argparse.Namespace) -> int:
 
     cohort = load_manifest(args.manifest)
     patch = PatchConfig(patch_size=args.patch_size, stride=args.stride, mpp=None if args.mpp <= 0 else args.mpp, min_tissue_fraction=args.min_tissue)
-    config = ExtractConfig(encoder=args.encoder, encoder_weights=str(args.weights) if args.weights else None, patch=patch, batch_size=args.batch_size, num_workers=args.readers)
+    config = ExtractConfig(encoder=args.encoder, encoder_weights=str(args.weights) if args.weights else None, patch=patch, batch_size=args.batch_size, num_workers=args.readers, reader_backend=args.reader_backend)
     if args.scheduler or args.workers:
         from persam_lib.features.distributed import extract_distributed
 
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="stats", help="stats (no weights), resnet50_trunc, vit_s16, or timm:<name> when timm is installed")
     p.add_argument("--weights", type=Path, help="local weight file (torchvision / timm state dict) for resnet50_trunc, vit_s16, timm:*")
     p.add_argument("--readers", type=int, default=-1, help="patch-reading processes beside the encoder (-1: one per CPU but one; 0: none)")
+    p.add_argument("--reader-backend", choices=["auto", "openslide"], default="auto", help="auto: fast tiled-TIFF path where possible, else OpenSlide")
     p.add_argument("--scheduler", help="address of a running Dask scheduler: slides become tasks on its workers")
     p.add_argument("--workers", type=int, default=0, help="run slides as tasks on a local Dask cluster of N worker processes")
     p.add_argument("--patch-size", type=int, default=256, help="patch side in pixels at --mpp")

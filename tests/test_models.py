@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from persam_lib.models import READS_RECORD, Batch, ModelConfig, available_models, create_model
+from persam_lib.models import MODEL_INFO, Batch, ModelConfig, available_models, create_model
 
 CONFIG = ModelConfig(feature_dim=12, n_classes=3, field_cardinalities=(0, 2, 3), d_model=16, n_heads=2, n_layers=2, dropout=0.0)
 
@@ -11,7 +11,9 @@ def _batch(b=3, n=20, seed=0):
     mask = torch.ones(b, n, dtype=torch.bool)
     mask[1, 12:] = False  # a shorter bag, padded
     codes = torch.tensor([[1, 1, 2], [1, 2, 3], [0, 0, 0]])[:b]
-    return Batch(torch.randn(b, n, 12, generator=g), mask, torch.randint(0, 4000, (b, n, 2), generator=g), codes, torch.randn(b, 3, generator=g))
+    cells = torch.stack([torch.randperm(36, generator=g)[:n] for _ in range(b)])  # distinct cells of a 6x6 grid
+    coords = torch.stack([cells % 6, cells // 6], dim=-1) * 256 + 512  # level-0 top-left corners
+    return Batch(torch.randn(b, n, 12, generator=g), mask, coords, codes, torch.randn(b, 3, generator=g))
 
 
 @pytest.mark.parametrize("name", available_models())
@@ -21,9 +23,15 @@ def test_forward_backward_shapes_and_attention(name):
     batch = _batch()
     out = model(batch)
     assert out.logits.shape == (3, 3) and torch.isfinite(out.logits).all()
-    assert out.patch_attention.shape == (3, 20)
-    torch.testing.assert_close(out.patch_attention.sum(1), torch.ones(3))
-    assert out.patch_attention[1, 12:].abs().sum() == 0  # padding gets no attention
+    if MODEL_INFO[name].reads_image:
+        assert out.patch_attention.shape == (3, 20)
+        torch.testing.assert_close(out.patch_attention.sum(1), torch.ones(3))
+        assert out.patch_attention[1, 12:].abs().sum() == 0  # padding gets no attention
+    else:
+        assert out.patch_attention is None
+    if out.field_attention is not None:
+        assert out.field_attention.shape == (3, 3)
+        torch.testing.assert_close(out.field_attention.sum(1), torch.ones(3))
     out.logits.sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -39,23 +47,35 @@ def test_record_sensitivity_matches_what_the_model_reads(name):
     altered.values[:, 0] += 2.0
     with torch.no_grad():
         a, b = model(batch), model(altered)
-    moved = (a.patch_attention - b.patch_attention).abs().max().item()
-    if READS_RECORD[name]:
-        assert moved > 1e-4
-        assert not torch.allclose(a.logits, b.logits)
-    else:
-        assert moved == 0.0 and torch.equal(a.logits, b.logits)
+    info = MODEL_INFO[name]
+    assert torch.allclose(a.logits, b.logits) != info.reads_record
+    if info.reads_image:
+        moved = (a.patch_attention - b.patch_attention).abs().max().item()
+        assert (moved > 1e-5) == info.record_steers_attention, moved
 
 
-def test_padding_does_not_change_the_result():
+@pytest.mark.parametrize("name", available_models())
+def test_image_sensitivity_matches_what_the_model_reads(name):
     torch.manual_seed(0)
-    model = create_model("persam", CONFIG).eval()
+    model = create_model(name, CONFIG).eval()
+    batch = _batch()
+    other = Batch(batch.features + torch.randn_like(batch.features), batch.patch_mask, batch.coords, batch.codes, batch.values)
+    with torch.no_grad():
+        same = torch.allclose(model(batch).logits, model(other).logits)
+    assert same != MODEL_INFO[name].reads_image
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_padding_does_not_change_the_result(name):
+    torch.manual_seed(0)
+    model = create_model(name, CONFIG).eval()
     batch = _batch()
     short = Batch(batch.features[1:2, :12], batch.patch_mask[1:2, :12], batch.coords[1:2, :12], batch.codes[1:2], batch.values[1:2])
     with torch.no_grad():
         full, alone = model(batch), model(short)
     torch.testing.assert_close(full.logits[1:2], alone.logits, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(full.patch_attention[1:2, :12], alone.patch_attention, atol=1e-6, rtol=1e-4)
+    if full.patch_attention is not None:
+        torch.testing.assert_close(full.patch_attention[1:2, :12], alone.patch_attention, atol=1e-6, rtol=1e-4)
 
 
 def test_persam_field_attention_sums_to_one_and_missing_values_work():
@@ -66,5 +86,50 @@ def test_persam_field_attention_sums_to_one_and_missing_values_work():
 
 
 def test_unknown_model_lists_the_registry():
-    with pytest.raises(ValueError, match="Available models: abmil, persam"):
+    with pytest.raises(ValueError, match="Available models: abmil, chexradinet, clinical_only, concat, mma_mgmu, persam, transmil"):
         create_model("transformer9000", CONFIG)
+
+
+def test_grid_placement_follows_coordinates_and_rejects_irregular_ones():
+    from persam_lib.models.grid import gather_from_grid, scatter_to_grid
+
+    coords = torch.tensor([[[512, 256], [0, 0], [256, 256], [0, 0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    tokens = torch.arange(1.0, 5.0).view(1, 4, 1)
+    grid, index = scatter_to_grid(tokens, coords, mask)
+    assert grid[0, 0].tolist() == [[2.0, 0.0, 0.0], [0.0, 3.0, 1.0]]  # rows are y, columns are x
+    assert gather_from_grid(grid, index, mask)[0, :, 0].tolist() == [1.0, 2.0, 3.0, 0.0]
+    irregular = torch.tensor([[[0, 0], [1, 0], [5000, 5000]]])
+    with pytest.raises(ValueError, match="regular grid"):
+        scatter_to_grid(torch.zeros(1, 3, 1), irregular, torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_radiomics_describe_the_region():
+    import numpy as np
+
+    from persam_lib.models.radiomics import FIRST_ORDER, GLCM, N_FEATURES, radiomics
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((20, 20))
+    image[:, 10:] = rng.normal(5, 2, (20, 10))  # a noisy right half
+    flat, noisy = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    flat[:, :10], noisy[:, 10:] = True, True
+    a, b = radiomics(image, flat), radiomics(image, noisy)
+    assert a.shape == (N_FEATURES,) and np.isfinite(a).all() and np.isfinite(b).all()
+    named_a, named_b = dict(zip(FIRST_ORDER + GLCM, a)), dict(zip(FIRST_ORDER + GLCM, b))
+    assert named_a["std"] == 0 and named_b["std"] > 1 and abs(named_b["mean"] - 5) < 0.5
+    assert named_b["contrast"] > named_a["contrast"] and named_a["homogeneity"] >= named_b["homogeneity"]
+    assert named_a["area_fraction"] == 0.5
+    assert (radiomics(image, np.zeros((20, 20), bool)) == 0).all()
+
+
+def test_chexradinet_iterations_change_the_output():
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    one = create_model("chexradinet", replace(CONFIG, radiomics_iterations=1)).eval()
+    torch.manual_seed(0)
+    three = create_model("chexradinet", replace(CONFIG, radiomics_iterations=3)).eval()
+    batch = _batch()
+    with torch.no_grad():
+        assert not torch.allclose(one(batch).logits, three(batch).logits)

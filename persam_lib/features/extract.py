@@ -175,6 +175,7 @@ def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = Extract
     chunks: dict[int, list[np.ndarray]] = {i: [] for i in remaining}
     errors: dict[int, str] = {}
     bar = tqdm(total=len(plans), desc="extract", unit="slide", disable=not progress)
+    slide_bar = tqdm(total=len(plans[0].coords) if plans else 0, desc=plans[0].slide_id if plans else "", unit="patch", position=1, leave=False, disable=not progress)
     for slide_idx, pixels, batch_errors in loader:
         ok = np.array([e is None for e in batch_errors])
         features = encoder(pixels[ok]) if ok.any() else np.zeros((0, 0), np.float32)
@@ -184,9 +185,14 @@ def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = Extract
             s = int(s)
             chunks[s].append(features[slide_idx[ok] == s])
             remaining[s] -= int((slide_idx == s).sum())
+            slide_bar.update(int((slide_idx == s).sum()))
             if remaining[s] == 0:
                 _finish_slide(plans[s], chunks.pop(s), errors.get(s), encoder.name, out_dir, summary)
                 bar.update()
+                if s + 1 < len(plans):  # the per-slide bar moves on to the next slide
+                    slide_bar.reset(total=len(plans[s + 1].coords))
+                    slide_bar.set_description(plans[s + 1].slide_id)
+    slide_bar.close()
     bar.close()
     failures = pd.DataFrame([{"slide_id": k, "reason": v} for k, v in summary.failed.items()], columns=["slide_id", "reason"])
     _atomic_text(out_dir / "failures.csv", failures.to_csv(index=False))

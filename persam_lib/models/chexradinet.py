@@ -1,0 +1,92 @@
+"""ChexRadiNet: triplet attention over the image, and radiomics of the attended region fed back.
+
+Each iteration refines the patch-feature map (patches placed on their slide grid from coords) with
+**triplet attention** — three branches capturing channel–height, channel–width and height–width
+interactions by pooling over the third dimension (Misra et al. 2021) — and pools it with a spatial
+attention (the heatmap). The heatmap's top patches form a region whose **radiomics** (first-order
+intensity statistics and GLCM texture, scikit-image) are embedded and fed back as a guidance signal
+to the next iteration, so regions and features sharpen together. ``radiomics_iterations`` sets
+how many rounds; it reads the image only (chest X-rays in the original work).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax
+from persam_lib.models.grid import gather_from_grid, scatter_to_grid
+from persam_lib.models.radiomics import N_FEATURES, radiomics
+
+
+class AttentionGate(nn.Module):
+    """Z-pool (max and mean over dim 1) → 7x7 conv → sigmoid, scaling the input."""
+
+    def __init__(self, kernel: int = 7):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.conv(pooled))
+
+
+class TripletAttention(nn.Module):
+    """(B, C, H, W) → same shape; the mean of three rotated attention gates."""
+
+    def __init__(self, kernel: int = 7):
+        super().__init__()
+        self.channel_width = AttentionGate(kernel)
+        self.channel_height = AttentionGate(kernel)
+        self.spatial = AttentionGate(kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cw = self.channel_width(x.permute(0, 2, 1, 3)).permute(0, 2, 1, 3)  # pool over H: C-W interaction
+        ch = self.channel_height(x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)  # pool over W: C-H interaction
+        hw = self.spatial(x)  # pool over C: H-W interaction
+        return (cw + ch + hw) / 3
+
+
+class ChexRadiNet(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.d_model
+        self.iterations = max(int(config.radiomics_iterations), 1)
+        self.region_fraction = config.region_fraction
+        self.embed = nn.Sequential(nn.Linear(config.feature_dim, d), nn.LayerNorm(d), nn.GELU(), nn.Dropout(config.dropout))
+        self.triplet = TripletAttention()
+        self.mix = nn.Conv2d(d, d, 3, padding=1)
+        self.heat = nn.Conv2d(d, 1, 1)
+        self.guide = nn.Sequential(nn.Linear(N_FEATURES, d), nn.Tanh())
+        self.radiomics_norm = nn.LayerNorm(N_FEATURES)
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * d, config.n_classes))
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        patches = self.embed(batch.features)  # (B, N, d)
+        grid, index = scatter_to_grid(patches, batch.coords, batch.patch_mask)  # (B, d, H, W)
+        guidance = torch.zeros(grid.shape[0], grid.shape[1], device=grid.device, dtype=grid.dtype)
+        intensity = grid.detach().float().mean(1)  # (B, H, W): the grey-level image radiomics are computed on
+        for _ in range(self.iterations):
+            refined = torch.relu(self.mix(self.triplet(grid + guidance[:, :, None, None]))) + grid
+            tokens = gather_from_grid(refined, index, batch.patch_mask)  # (B, N, d)
+            scores = gather_from_grid(self.heat(refined), index, batch.patch_mask).squeeze(-1)  # (B, N)
+            attention = masked_softmax(scores, batch.patch_mask)
+            pooled = torch.einsum("bn,bnd->bd", attention.to(tokens.dtype), tokens)
+            features = self._region_radiomics(attention.detach(), index, batch.patch_mask, intensity)
+            guidance = self.guide(self.radiomics_norm(features))
+        return ModelOutput(logits=self.head(torch.cat([pooled, guidance], dim=-1)), patch_attention=attention)
+
+    def _region_radiomics(self, attention: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
+        """Radiomics of the top ``region_fraction`` of each bag's patches by attention."""
+        b, h, w = intensity.shape
+        out = np.zeros((b, N_FEATURES), dtype=np.float32)
+        for i in range(b):
+            n = int(mask[i].sum())
+            if n == 0:
+                continue
+            k = max(int(round(self.region_fraction * n)), 1)
+            top = torch.topk(attention[i, :n], k).indices
+            region = np.zeros(h * w + 1, dtype=bool)
+            region[index[i, top].cpu().numpy()] = True
+            out[i] = radiomics(intensity[i].cpu().numpy(), region[: h * w].reshape(h, w))
+        return torch.from_numpy(out).to(attention.device)
