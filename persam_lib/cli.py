@@ -77,6 +77,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from persam_lib.cohort.manifest import load_manifest
+    from persam_lib.train.run import compare_models
+
+    cohort = load_manifest(args.manifest)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    table = compare_models(cohort, args.features, args.out, models, TrainConfig(n_folds=args.folds, epochs=args.epochs, seed=args.seed, device=args.device))
+    columns = [c for c in ("model", "balanced_accuracy", "balanced_accuracy_low", "balanced_accuracy_high", "auroc", "accuracy_regions_disagree") if c in table]
+    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"compare: {len(models)} model(s) on identical folds -> {Path(args.out) / 'comparison.csv'}")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
     from persam_lib.explain.attention import explain_run, write_table
@@ -158,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("compare", help="train several models on identical folds and write one comparison table")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--models", required=True, help="comma-separated, e.g. persam,mma_mgmu,chexradinet,abmil,transmil,concat,clinical_only")
+    p.add_argument("--out", type=Path, required=True, help="one run directory per model goes here, plus comparison.csv")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("explain", help="patch attention under the original and altered records")
     p.add_argument("run_dir", type=Path)

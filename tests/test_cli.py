@@ -33,5 +33,18 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
 def test_persam_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "persam_lib.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("demo-cohort", "validate", "extract", "train", "explain", "book"):
+    for command in ("demo-cohort", "validate", "extract", "import-features", "train", "compare", "explain", "book"):
         assert command in result.stdout
+
+
+def test_compare_trains_models_on_identical_folds(tiny_cohort, tiny_features, tmp_path, capsys):
+    out = tmp_path / "compare"
+    code = main(["compare", str(tiny_cohort.manifest_path), "--features", str(tiny_features), "--models", "persam,clinical_only,transmil", "--out", str(out), "--folds", "2", "--epochs", "2"])
+    assert code == 0
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table["model"]) == ["persam", "clinical_only", "transmil"]
+    assert {"balanced_accuracy", "balanced_accuracy_low", "auroc", "f1_A", "f1_B"} <= set(table.columns)
+    folds = [pd.read_csv(out / m / "folds.csv") for m in ("persam", "clinical_only", "transmil")]
+    assert folds[0].equals(folds[1]) and folds[0].equals(folds[2])
+    assert main(["compare", str(tiny_cohort.manifest_path), "--features", str(tiny_features), "--models", "persam,gpt5", "--out", str(out)]) == 2
+    assert "Unknown model(s) ['gpt5']" in capsys.readouterr().err

@@ -126,3 +126,42 @@ def _outline(ax: Axes, mask: np.ndarray, shape: tuple[int, int], colour: str, la
         if label:
             ax.plot([], [], color=colour, label=label)
             ax.legend(loc="lower right", fontsize=7, framealpha=0.7)
+
+
+def persam_architecture(ax: Axes | None = None) -> Axes:
+    """A diagram of PersAM: patch, clinical-field and class tokens through a Transformer with
+    attention in both directions; the class token's attention over patches is the attention map."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    ax = ax or plt.subplots(figsize=(11, 4.2))[1]
+    ax.set_xlim(0, 11)
+    ax.set_ylim(0, 4.4)
+    ax.axis("off")
+
+    def box(x, y, w, h, text, colour, fontsize=9):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.04", fc=colour, ec="#333333", lw=1))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize)
+
+    def arrow(x0, y0, x1, y1, style="-|>", colour="#333333", ls="-"):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle=style, mutation_scale=12, color=colour, lw=1.2, ls=ls))
+
+    box(0.1, 3.2, 2.2, 0.8, "whole-slide image\n→ N patches", "#f4cce0")
+    box(0.1, 1.9, 2.2, 0.8, "patch encoder\n(features [N, D])", "#f4cce0")
+    box(0.1, 0.5, 2.2, 0.9, "clinical record\nage · sex · site · LDH", "#cfe3f5")
+    arrow(1.2, 3.2, 1.2, 2.7)
+    box(2.9, 1.9, 1.9, 0.8, "linear + LayerNorm\n→ patch tokens", "#f4cce0")
+    box(2.9, 0.5, 1.9, 0.9, "one token per field\n(embedding / numeric\nprojection / missing)", "#cfe3f5", 8)
+    box(2.9, 3.2, 1.9, 0.8, "class token [CLS]", "#e6e6e6")
+    arrow(2.3, 2.3, 2.9, 2.3)
+    arrow(2.3, 0.95, 2.9, 0.95)
+    box(5.4, 0.5, 2.2, 3.5, "Transformer encoder\n(L layers)\n\nself-attention over\n[CLS, fields, patches]:\nthe record attends to\npatches and patches\nto the record", "#fff2cc")
+    for y in (3.6, 2.3, 0.95):
+        arrow(4.8, y, 5.4, y)
+    box(8.2, 2.9, 2.6, 1.1, "CLS attention over\npatches (last layer)\n= attention map", "#d9ead3")
+    box(8.2, 1.4, 2.6, 1.0, "CLS → classifier\n→ subtype", "#d9ead3")
+    box(8.2, 0.1, 2.6, 0.9, "change the record →\nthe map changes", "#ffffff", 8)
+    arrow(7.6, 3.45, 8.2, 3.45)
+    arrow(7.6, 1.9, 8.2, 1.9)
+    arrow(9.5, 1.0, 9.5, 1.4, style="-", ls=":")
+    ax.set_title("PersAM (Takagi et al., arXiv 2206.03003)", fontsize=11)
+    return ax

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -39,10 +39,16 @@ def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, metric: str, n_boot: int
     return float(estimate), float(low), float(high)
 
 
-def summarise(y_true: np.ndarray, probs: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Balanced accuracy and macro AUROC with 95% bootstrap CIs, plus the patient count."""
-    out: dict[str, float] = {"n": int(len(y_true))}
+def summarise(y_true: np.ndarray, probs: np.ndarray, seed: int = 0, classes: list[str] | None = None) -> dict:
+    """Balanced accuracy and macro AUROC with 95% bootstrap CIs, per-class F1, confusion matrix, patient count."""
+    y_true = np.asarray(y_true)
+    out: dict = {"n": int(len(y_true))}
     for metric in ("balanced_accuracy", "auroc"):
         est, low, high = bootstrap_ci(y_true, probs, metric, seed=seed)
         out[metric], out[f"{metric}_low"], out[f"{metric}_high"] = est, low, high
+    labels = list(range(probs.shape[1]))
+    names = classes or [str(c) for c in labels]
+    y_pred = probs.argmax(1)
+    out["f1"] = {name: float(f) for name, f in zip(names, f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0))}
+    out["confusion_matrix"] = {"classes": names, "rows_true_columns_predicted": confusion_matrix(y_true, y_pred, labels=labels).tolist()}
     return out

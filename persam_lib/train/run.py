@@ -133,7 +133,7 @@ def run_metrics(predictions: pd.DataFrame, cohort: Cohort, config: TrainConfig) 
     prob_cols = [f"prob_{c}" for c in classes]
     y = predictions["y_true"].map(classes.index).to_numpy()
     probs = predictions[prob_cols].to_numpy()
-    out: dict = {"model": config.model, "overall": summarise(y, probs, seed=config.seed), "per_fold": {}}
+    out: dict = {"model": config.model, "overall": summarise(y, probs, seed=config.seed, classes=classes), "per_fold": {}}
     for fold, part in predictions.groupby("fold"):
         yy = part["y_true"].map(classes.index).to_numpy()
         out["per_fold"][str(fold)] = {"n": int(len(part)), "accuracy": float((part["y_true"] == part["y_pred"]).mean())}
@@ -169,9 +169,28 @@ def comparison_table(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for run in runs:
         m = run.metrics
-        row = {"model": m["model"], **{k: v for k, v in m["overall"].items()}}
+        row = {"model": m["model"], **{k: v for k, v in m["overall"].items() if not isinstance(v, dict)}}
+        row.update({f"f1_{c}": f for c, f in m["overall"].get("f1", {}).items()})
         for key in ("regions_agree", "regions_disagree"):
             if key in m:
                 row[f"accuracy_{key}"] = m[key]["accuracy"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def compare_models(cohort: Cohort, features_dir: str | Path, out_dir: str | Path, models: list[str], base: TrainConfig = TrainConfig(), *, progress: bool = True) -> pd.DataFrame:
+    """Train every model with identical folds (same seed, same patients) and write ``comparison.csv``."""
+    from dataclasses import replace
+
+    from persam_lib.models import available_models
+
+    unknown = [m for m in models if m not in available_models()]
+    if unknown:
+        raise ValueError(f"Unknown model(s) {unknown}. Available models: {', '.join(available_models())}.")
+    out_dir = Path(out_dir)
+    runs = [train_cross_validated(cohort, features_dir, out_dir / m, replace(base, model=m), progress=progress) for m in models]
+    folds = [run.folds for run in runs]
+    assert all(f.equals(folds[0]) for f in folds), "compare: runs were not trained on identical folds"
+    table = comparison_table(runs)
+    _atomic_text(out_dir / "comparison.csv", table.to_csv(index=False))
+    return table
