@@ -83,7 +83,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     cohort = load_manifest(args.manifest)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    table = compare_models(cohort, args.features, args.out, models, TrainConfig(n_folds=args.folds, epochs=args.epochs, seed=args.seed, device=args.device))
+    table = compare_models(cohort, args.features, args.out, models, TrainConfig(n_folds=args.folds, epochs=args.epochs, seed=args.seed, device=args.device), workers=args.workers)
     columns = [c for c in ("model", "balanced_accuracy", "balanced_accuracy_low", "balanced_accuracy_high", "auroc", "accuracy_regions_disagree") if c in table]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"compare: {len(models)} model(s) on identical folds -> {Path(args.out) / 'comparison.csv'}")
@@ -181,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=1, help="train models in N parallel processes (CPU)")
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("explain", help="patch attention under the original and altered records")

@@ -39,7 +39,7 @@ def test_persam_console_script_is_installed():
 
 def test_compare_trains_models_on_identical_folds(tiny_cohort, tiny_features, tmp_path, capsys):
     out = tmp_path / "compare"
-    code = main(["compare", str(tiny_cohort.manifest_path), "--features", str(tiny_features), "--models", "persam,clinical_only,transmil", "--out", str(out), "--folds", "2", "--epochs", "2"])
+    code = main(["compare", str(tiny_cohort.manifest_path), "--features", str(tiny_features), "--models", "persam,clinical_only,transmil", "--out", str(out), "--folds", "2", "--epochs", "2", "--workers", "2"])
     assert code == 0
     table = pd.read_csv(out / "comparison.csv")
     assert list(table["model"]) == ["persam", "clinical_only", "transmil"]

@@ -178,9 +178,15 @@ def comparison_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_models(cohort: Cohort, features_dir: str | Path, out_dir: str | Path, models: list[str], base: TrainConfig = TrainConfig(), *, progress: bool = True) -> pd.DataFrame:
-    """Train every model with identical folds (same seed, same patients) and write ``comparison.csv``."""
+def compare_models(cohort: Cohort, features_dir: str | Path, out_dir: str | Path, models: list[str], base: TrainConfig = TrainConfig(), *, progress: bool = True, workers: int = 1) -> pd.DataFrame:
+    """Train every model with identical folds (same seed, same patients) and write ``comparison.csv``.
+
+    With ``workers > 1`` (CPU only) models train in parallel processes of one thread each, which
+    uses a small machine better than one process with several threads for models this size.
+    """
+    from concurrent.futures import ProcessPoolExecutor
     from dataclasses import replace
+    from multiprocessing import get_context
 
     from persam_lib.models import available_models
 
@@ -188,9 +194,26 @@ def compare_models(cohort: Cohort, features_dir: str | Path, out_dir: str | Path
     if unknown:
         raise ValueError(f"Unknown model(s) {unknown}. Available models: {', '.join(available_models())}.")
     out_dir = Path(out_dir)
-    runs = [train_cross_validated(cohort, features_dir, out_dir / m, replace(base, model=m), progress=progress) for m in models]
+    jobs = [(cohort.manifest_path, str(features_dir), str(out_dir / m), replace(base, model=m)) for m in models]
+    if workers > 1 and resolve_device(base.device).type == "cpu":
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            list(pool.map(_train_job, jobs))
+    else:
+        for manifest, features, run_dir, config in jobs:
+            train_cross_validated(cohort, features, run_dir, config, progress=progress)
+    runs = [Run(out_dir / m) for m in models]
     folds = [run.folds for run in runs]
     assert all(f.equals(folds[0]) for f in folds), "compare: runs were not trained on identical folds"
     table = comparison_table(runs)
     _atomic_text(out_dir / "comparison.csv", table.to_csv(index=False))
     return table
+
+
+def _train_job(job: tuple[Path, str, str, TrainConfig]) -> str:
+    """Train one model in a worker process (one thread: the workers share the cores)."""
+    from persam_lib.cohort.manifest import load_manifest
+
+    torch.set_num_threads(1)
+    manifest, features, run_dir, config = job
+    train_cross_validated(load_manifest(manifest), features, run_dir, config, progress=False)
+    return run_dir
