@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_extract
+from benchmarks import bench_extract, bench_models
 from benchmarks.common import print_table
 
-BENCHMARKS = {"extract": (bench_extract, "feature extraction (one core per process)")}
+BENCHMARKS = {
+    "extract": (bench_extract, "feature extraction (one core per process)"),
+    "models": (bench_models, "models: training step against bag size"),
+}
 
 
 def main(names: list[str]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput
 from persam_lib.models.clinical import ClinicalTokenizer
@@ -44,7 +45,11 @@ class PersAM(nn.Module):
         key_mask = torch.cat([torch.ones(b, 1 + f, dtype=torch.bool, device=tokens.device), batch.patch_mask], dim=1)
         cls_attention = None
         for i, block in enumerate(self.blocks):
-            tokens, cls_attention = block(tokens, key_mask, return_cls_attention=i == len(self.blocks) - 1)
+            last = i == len(self.blocks) - 1
+            if self.config.checkpoint_activations and self.training and not last:
+                tokens, _ = checkpoint(block, tokens, key_mask, use_reentrant=False)
+            else:
+                tokens, cls_attention = block(tokens, key_mask, return_cls_attention=last)
         logits = self.head(self.norm(tokens[:, 0]))
         assert cls_attention is not None
         mean_attention = cls_attention.mean(1)  # (B, T), averaged over heads

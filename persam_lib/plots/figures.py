@@ -112,6 +112,7 @@ def metric_intervals(table: pd.DataFrame, metric: str, ax: Axes | None = None) -
     ax.set_xlabel(f"{metric.replace('_', ' ')} (95% CI)")
     ax.set_xlim(0.4, 1.02)
     ax.axvline(0.5, color="grey", ls=":", lw=1)
+    ax.invert_yaxis()  # first model on top, as in the table
     return ax
 
 
