@@ -66,8 +66,12 @@ def run() -> list[Row]:
     for n in sizes:
         results = {}
         for name, checkpointing in (("persam", True), ("abmil", False)):
-            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-                results[name] = pool.submit(_measure, (name, n, checkpointing)).result()
+            try:
+                with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                    results[name] = pool.submit(_measure, (name, n, checkpointing)).result()
+            except Exception as err:  # out of memory kills the worker: report it and stop growing N
+                print(f"  {name} at N={n}: failed ({type(err).__name__}), likely out of memory")
+                return rows
         (persam_s, persam_mb), (abmil_s, _) = results["persam"], results["abmil"]
         rows.append(Row(f"N={n:>6}: PersAM step (ms) vs ABMIL step (ms), {device}", persam_s * 1000, abmil_s * 1000, "", "ratio <= 3"))
         if previous is not None:

@@ -133,3 +133,30 @@ def test_chexradinet_iterations_change_the_output():
     batch = _batch()
     with torch.no_grad():
         assert not torch.allclose(one(batch).logits, three(batch).logits)
+
+
+def test_bipartite_attention_patches_see_only_the_global_tokens_and_themselves():
+    from persam_lib.models.layers import BipartiteAttention
+
+    torch.manual_seed(0)
+    layer = BipartiteAttention(16, 2, dropout=0.0).eval()
+    x = torch.randn(1, 3 + 10, 16)  # 3 global tokens (class + 2 fields), 10 patches
+    mask = torch.ones(1, 13, dtype=torch.bool)
+    changed = x.clone()
+    changed[0, 3 + 4] += 5.0  # change patch 4
+    with torch.no_grad():
+        (a, _), (b, _) = layer(x, mask, 3), layer(changed, mask, 3)
+    others = [3 + j for j in range(10) if j != 4]
+    torch.testing.assert_close(a[0, others], b[0, others])  # other patches do not see patch 4
+    assert not torch.allclose(a[0, :3], b[0, :3])  # the class and field tokens do
+    assert not torch.allclose(a[0, 3 + 4], b[0, 3 + 4])
+
+
+def test_persam_attention_modes():
+    from dataclasses import replace
+
+    full = create_model("persam", replace(CONFIG, patch_attention="full"))
+    bipartite = create_model("persam", replace(CONFIG, patch_attention="bipartite"))
+    assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in bipartite.parameters())  # same weights, other wiring
+    with pytest.raises(ValueError, match="'full' or 'bipartite'"):
+        create_model("persam", replace(CONFIG, patch_attention="sparse"))

@@ -23,6 +23,7 @@ class ModelConfig:
     mlp_ratio: float = 2.0
     dropout: float = 0.1
     use_position: bool = False  # add a learned embedding of each patch's (x, y) grid position
+    patch_attention: str = "bipartite"  # PersAM: "bipartite" (patches <-> record and class token; linear in N) or "full" (every token to every token)
     checkpoint_activations: bool = False  # recompute Transformer blocks in backward: memory linear in bag size
     radiomics_iterations: int = 2  # ChexRadiNet: rounds of heatmap -> radiomics -> guidance
     region_fraction: float = 0.2  # ChexRadiNet: share of patches the heatmap selects as the region

@@ -27,7 +27,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, return_cls_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B, H, T, dh)
-        attn_mask = key_mask[:, None, None, :]  # (B, 1, 1, T), True = attend
+        # without padding, no mask: SDPA can then use its fused, memory-efficient kernels (no T x T matrix)
+        attn_mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]  # (B, 1, 1, T), True = attend
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         out = self.proj(out.transpose(1, 2).reshape(b, t, d))
         cls_attention = None
@@ -39,19 +40,67 @@ class SelfAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm Transformer encoder block: attention and MLP, each with a residual."""
+    """Pre-norm Transformer encoder block: attention and MLP, each with a residual.
 
-    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float, dropout: float):
+    ``n_global > 0`` switches to `BipartiteAttention` (linear in the number of patches), with the
+    first ``n_global`` tokens global.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float, dropout: float, n_global: int = 0):
         super().__init__()
+        self.n_global = n_global
         self.norm1 = nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, n_heads, dropout)
+        self.attn = BipartiteAttention(d_model, n_heads, dropout) if n_global else SelfAttention(d_model, n_heads, dropout)
         self.norm2 = nn.LayerNorm(d_model)
         hidden = int(d_model * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_model))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, return_cls_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, cls_attention = self.attn(self.norm1(x), key_mask, return_cls_attention)
+        if self.n_global:
+            attended, cls_attention = self.attn(self.norm1(x), key_mask, self.n_global, return_cls_attention)
+        else:
+            attended, cls_attention = self.attn(self.norm1(x), key_mask, return_cls_attention)
         x = x + self.drop(attended)
         x = x + self.drop(self.mlp(self.norm2(x)))
         return x, cls_attention
+
+
+class BipartiteAttention(nn.Module):
+    """Attention that is linear in the number of patches.
+
+    The first ``n_global`` tokens (class token and clinical fields) attend to every token; each
+    patch token attends to the global tokens and to itself only. The record and the image still
+    attend to each other in both directions, but patches do not attend to other patches, so cost
+    and memory grow as O(N * (1 + F)) instead of O(N^2).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, n_global: int, return_cls_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B, H, T, dh)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        # global tokens -> all tokens
+        attn_mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]
+        out_global = F.scaled_dot_product_attention(q[:, :, :n_global], k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+        # patch tokens -> global tokens and themselves
+        qp, kp, vp = q[:, :, n_global:], k[:, :, n_global:], v[:, :, n_global:]
+        shared = (qp @ k[:, :, :n_global].transpose(-1, -2)) * scale  # (B, H, N, G)
+        own = (qp * kp).sum(-1, keepdim=True) * scale  # (B, H, N, 1)
+        weights = torch.softmax(torch.cat([shared, own], dim=-1).float(), dim=-1).to(v.dtype)
+        if self.training and self.dropout > 0:
+            weights = F.dropout(weights, self.dropout)
+        out_patches = weights[..., :n_global] @ v[:, :, :n_global] + weights[..., n_global:] * vp
+        out = torch.cat([out_global, out_patches], dim=2)
+        out = self.proj(out.transpose(1, 2).reshape(b, t, d))
+        cls_attention = None
+        if return_cls_attention:
+            scores = (q[:, :, :1].float() @ k.float().transpose(-1, -2)).squeeze(2) * scale  # (B, H, T)
+            cls_attention = torch.softmax(scores.masked_fill(~key_mask[:, None, :], float("-inf")), dim=-1)
+        return out, cls_attention

@@ -28,7 +28,10 @@ class PersAM(nn.Module):
         self.clinical = ClinicalTokenizer(config.field_cardinalities, d)
         self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.type_embed = nn.Parameter(torch.randn(3, d) * 0.02)  # class / clinical / patch token types
-        self.blocks = nn.ModuleList(TransformerBlock(d, config.n_heads, config.mlp_ratio, config.dropout) for _ in range(config.n_layers))
+        if config.patch_attention not in ("full", "bipartite"):
+            raise ValueError(f"patch_attention must be 'full' or 'bipartite', got '{config.patch_attention}'")
+        n_global = 1 + len(config.field_cardinalities) if config.patch_attention == "bipartite" else 0
+        self.blocks = nn.ModuleList(TransformerBlock(d, config.n_heads, config.mlp_ratio, config.dropout, n_global) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.n_classes)
 

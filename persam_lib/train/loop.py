@@ -34,6 +34,7 @@ class TrainConfig:
     n_layers: int = 2
     dropout: float = 0.1
     use_position: bool = False
+    patch_attention: str = "bipartite"  # PersAM: "bipartite" (linear in bag size) or "full" (patches also attend to patches)
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
 

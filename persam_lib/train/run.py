@@ -99,6 +99,7 @@ def train_cross_validated(cohort: Cohort, features_dir: str | Path, out_dir: str
         model_config = ModelConfig(
             feature_dim=bags[0].features.shape[1], n_classes=len(cohort.schema.label.classes), field_cardinalities=encoder.cardinalities,
             d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers, dropout=config.dropout, use_position=config.use_position,
+            patch_attention=config.patch_attention,
         )
         model = create_model(config.model, model_config)
         model, history = fit(model, train_bags, val_bags, records, encoder, normaliser, config, model_config.n_classes)
