@@ -81,7 +81,7 @@ def end_to_end(folder: Path, paths: list[Path]) -> list[Row]:
     _write_manifest(folder, paths)
     cohort = load_manifest(folder / "manifest.yaml")
     encoder = create_encoder("stats")
-    plans, patches = [], []
+    plans = []
     for path in paths:
         with open_slide(path) as reader:
             plan = plan_slide(reader, path.stem, ExtractConfig())

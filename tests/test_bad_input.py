@@ -1,6 +1,5 @@
 """Bad slides fail alone, with a message naming the file and what to do; a killed run resumes."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -8,7 +7,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import pytest
 import tifffile
 from PIL import Image
 

@@ -23,6 +23,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from persam_lib.atomic import write_text_atomic
 from persam_lib.cohort.demo_tissue import LABEL_DOWNSAMPLE, REGION_LABELS, SlideDesign, render_slide
 from persam_lib.slides.tiff_writer import write_pyramidal_tiff
 
@@ -78,9 +79,9 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
     slides = table[["slide_id", "patient_id"]].assign(path=[f"slides/{s}.tiff" for s in table.slide_id])
     clinical = table[["patient_id", "age", "sex", "site", "ldh", "subtype"]]
     regions = table[["slide_id", "patient_id", "nodular_phenotype", "diffuse_phenotype", "disagree"]]
-    _atomic_text(out / "slides.csv", slides.to_csv(index=False))
-    _atomic_text(out / "clinical.csv", clinical.to_csv(index=False, na_rep=""))
-    _atomic_text(out / "truth" / "regions.csv", regions.to_csv(index=False))
+    write_text_atomic(out / "slides.csv", slides.to_csv(index=False))
+    write_text_atomic(out / "clinical.csv", clinical.to_csv(index=False, na_rep=""))
+    write_text_atomic(out / "truth" / "regions.csv", regions.to_csv(index=False))
     truth = {
         "masks": "masks",
         "mask_downsample": config.mask_downsample,
@@ -89,7 +90,7 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
         "diagnostic_region": DIAGNOSTIC_REGION,
         "regions": "regions.csv",
     }
-    _atomic_text(out / "truth" / "truth.yaml", yaml.safe_dump(truth, sort_keys=False))
+    write_text_atomic(out / "truth" / "truth.yaml", yaml.safe_dump(truth, sort_keys=False))
     manifest = {
         "cohort": "demo",
         "slides": "slides.csv",
@@ -103,9 +104,9 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
         },
         "truth": "truth/truth.yaml",
     }
-    _atomic_text(out / "demo_config.json", json.dumps(asdict(config), indent=2))
+    write_text_atomic(out / "demo_config.json", json.dumps(asdict(config), indent=2))
     manifest_path = out / "manifest.yaml"
-    _atomic_text(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
+    write_text_atomic(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
     return manifest_path
 
 
@@ -154,10 +155,6 @@ def _design_patients(config: DemoConfig, rng: np.random.Generator) -> pd.DataFra
     )
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _atomic_png(path: Path, array: np.ndarray) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from persam_lib.cohort.schema import FieldSchema, FieldSpec, LabelSpec, is_missing
+from persam_lib.cohort.schema import FieldSchema, FieldSpec, LabelSpec
 
 REQUIRED_KEYS = ("cohort", "slides", "clinical", "label", "fields")
 OPTIONAL_KEYS = ("truth",)

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.features.encoders import Encoder, create_encoder
-from persam_lib.features.extract import ExtractConfig, ExtractSummary, _atomic_text, _save_mask, extract_slide
+from persam_lib.atomic import write_text_atomic
+from persam_lib.features.extract import ExtractConfig, ExtractSummary, _save_mask, extract_slide
 from persam_lib.features.store import feature_path, is_complete, write_features
 from persam_lib.slides.reader import open_slide
 
@@ -28,7 +29,7 @@ def extract_distributed(cohort: Cohort, out_dir: str | Path, config: ExtractConf
 
     out_dir = Path(out_dir)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    _atomic_text(out_dir / "extract_config.json", json.dumps(asdict(config), indent=2))
+    write_text_atomic(out_dir / "extract_config.json", json.dumps(asdict(config), indent=2))
     summary = ExtractSummary()
     todo = []
     for row in cohort.slides.itertuples():
@@ -54,7 +55,7 @@ def extract_distributed(cohort: Cohort, out_dir: str | Path, config: ExtractConf
         if cluster is not None:
             cluster.close()
     failures = pd.DataFrame([{"slide_id": k, "reason": v} for k, v in summary.failed.items()], columns=["slide_id", "reason"])
-    _atomic_text(out_dir / "failures.csv", failures.to_csv(index=False))
+    write_text_atomic(out_dir / "failures.csv", failures.to_csv(index=False))
     return summary
 
 

@@ -19,6 +19,7 @@ from PIL import Image, PngImagePlugin
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from persam_lib.atomic import write_text_atomic
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.features.encoders import Encoder, create_encoder
 from persam_lib.features.store import SlideFeatures, feature_path, is_complete, write_features
@@ -154,7 +155,7 @@ def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = Extract
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     for stale in list(out_dir.glob(".*.tmp")) + list((out_dir / "masks").glob(".*.tmp.png")):
         stale.unlink(missing_ok=True)  # left by a run that was killed mid-write
-    _atomic_text(out_dir / "extract_config.json", json.dumps(asdict(config), indent=2))
+    write_text_atomic(out_dir / "extract_config.json", json.dumps(asdict(config), indent=2))
     encoder = create_encoder(config.encoder, weights=config.encoder_weights)
     summary = ExtractSummary()
     plans: list[SlidePlan] = []
@@ -195,7 +196,7 @@ def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = Extract
     slide_bar.close()
     bar.close()
     failures = pd.DataFrame([{"slide_id": k, "reason": v} for k, v in summary.failed.items()], columns=["slide_id", "reason"])
-    _atomic_text(out_dir / "failures.csv", failures.to_csv(index=False))
+    write_text_atomic(out_dir / "failures.csv", failures.to_csv(index=False))
     return summary
 
 
@@ -233,7 +234,3 @@ def _save_mask(path: Path, mask: np.ndarray, downsample: float) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -5,8 +5,6 @@ is bounded by the thumbnail, whatever the slide's size.
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd

@@ -62,7 +62,7 @@ def pen_marks(thumbnail_rgb: np.ndarray) -> np.ndarray:
     red >= green; ink of the usual marker colours does not.
     """
     rgb = thumbnail_rgb[..., :3].astype(np.int16)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    r, g = rgb[..., 0], rgb[..., 1]
     coloured_ink = g > r + 10
     black_ink = rgb.max(-1) < 60
     return ndimage.binary_dilation(coloured_ink | black_ink, iterations=1)

@@ -8,7 +8,6 @@ skipped on rerun, so an interrupted `persam train` resumes.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from persam_lib.atomic import write_text_atomic
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.models import create_model
 from persam_lib.models.base import ModelConfig
@@ -72,15 +72,15 @@ def train_cross_validated(cohort: Cohort, features_dir: str | Path, out_dir: str
     previous = out_dir / "config.json"
     if previous.is_file() and json.loads(previous.read_text()) != asdict(config):
         raise ValueError(f"{out_dir} holds a run with a different configuration. Use a new --out directory, or delete it to retrain.")
-    _atomic_text(out_dir / "config.json", json.dumps(asdict(config), indent=2))
-    _atomic_text(out_dir / "schema.json", json.dumps(cohort.schema.to_dict(), indent=2))
-    _atomic_text(out_dir / "inputs.json", json.dumps({"manifest": str(cohort.manifest_path), "features_dir": str(Path(features_dir).resolve())}, indent=2))
+    write_text_atomic(out_dir / "config.json", json.dumps(asdict(config), indent=2))
+    write_text_atomic(out_dir / "schema.json", json.dumps(cohort.schema.to_dict(), indent=2))
+    write_text_atomic(out_dir / "inputs.json", json.dumps({"manifest": str(cohort.manifest_path), "features_dir": str(Path(features_dir).resolve())}, indent=2))
 
     bags = load_bags(cohort, features_dir)
     patients = sorted({b.patient_id for b in bags})
     patient_labels = cohort.labels().loc[patients]
     folds = make_folds(patient_labels, config.n_folds, config.seed)
-    _atomic_text(out_dir / "folds.csv", folds.rename_axis("patient_id").reset_index().to_csv(index=False))
+    write_text_atomic(out_dir / "folds.csv", folds.rename_axis("patient_id").reset_index().to_csv(index=False))
     records = cohort.records()
     device = resolve_device(config.device)
 
@@ -104,13 +104,13 @@ def train_cross_validated(cohort: Cohort, features_dir: str | Path, out_dir: str
         model = create_model(config.model, model_config)
         model, history = fit(model, train_bags, val_bags, records, encoder, normaliser, config, model_config.n_classes)
         probs = evaluate(model, test_bags, records, encoder, normaliser, device)
-        _atomic_text(fold_dir / "history.csv", history.to_csv(index=False))
+        write_text_atomic(fold_dir / "history.csv", history.to_csv(index=False))
         save_checkpoint(fold_dir / "checkpoint.pt", LoadedModel(config.model, model.cpu(), model_config, encoder, normaliser), extra={"fold": fold, "train_patients": train_ids, "val_patients": val_ids})
-        _atomic_text(fold_dir / "predictions.csv", _prediction_table(test_bags, probs, fold, cohort.schema.label.classes).to_csv(index=False))
+        write_text_atomic(fold_dir / "predictions.csv", _prediction_table(test_bags, probs, fold, cohort.schema.label.classes).to_csv(index=False))
 
     predictions = pd.concat([pd.read_csv(out_dir / f"fold_{k}" / "predictions.csv", dtype={"patient_id": str, "slide_id": str}) for k in range(config.n_folds)], ignore_index=True)
-    _atomic_text(out_dir / "predictions.csv", predictions.to_csv(index=False))
-    _atomic_text(out_dir / "metrics.json", json.dumps(run_metrics(predictions, cohort, config), indent=2))
+    write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
+    write_text_atomic(out_dir / "metrics.json", json.dumps(run_metrics(predictions, cohort, config), indent=2))
     return Run(out_dir)
 
 
@@ -136,14 +136,12 @@ def run_metrics(predictions: pd.DataFrame, cohort: Cohort, config: TrainConfig) 
     probs = predictions[prob_cols].to_numpy()
     out: dict = {"model": config.model, "overall": summarise(y, probs, seed=config.seed, classes=classes), "per_fold": {}}
     for fold, part in predictions.groupby("fold"):
-        yy = part["y_true"].map(classes.index).to_numpy()
         out["per_fold"][str(fold)] = {"n": int(len(part)), "accuracy": float((part["y_true"] == part["y_pred"]).mean())}
     regions = _regions_table(cohort)
     if regions is not None:
         merged = predictions.merge(regions[["patient_id", "disagree"]], on="patient_id", how="left")
         for name, part in merged.groupby("disagree"):
             key = "regions_disagree" if bool(name) else "regions_agree"
-            yy = part["y_true"].map(classes.index).to_numpy()
             out[key] = {"n": int(len(part)), "accuracy": float((part["y_true"] == part["y_pred"]).mean())}
     return out
 
@@ -159,10 +157,6 @@ def _regions_table(cohort: Cohort) -> pd.DataFrame | None:
     return table
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def comparison_table(runs: list[Run]) -> pd.DataFrame:
@@ -206,7 +200,7 @@ def compare_models(cohort: Cohort, features_dir: str | Path, out_dir: str | Path
     folds = [run.folds for run in runs]
     assert all(f.equals(folds[0]) for f in folds), "compare: runs were not trained on identical folds"
     table = comparison_table(runs)
-    _atomic_text(out_dir / "comparison.csv", table.to_csv(index=False))
+    write_text_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
     return table
 
 
