@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from persam_lib.models.layers import patch_embedding
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax
 
 
@@ -28,7 +29,7 @@ class ABMIL(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         d = config.d_model
-        self.embed = nn.Sequential(nn.Linear(config.feature_dim, d), nn.LayerNorm(d), nn.GELU(), nn.Dropout(config.dropout))
+        self.embed = patch_embedding(config.feature_dim, d, config.dropout)
         self.pool = GatedAttentionPool(d, d)
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(d, config.n_classes))
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from persam_lib.models.layers import patch_embedding
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax
 from persam_lib.models.grid import gather_from_grid, scatter_to_grid
 from persam_lib.models.radiomics import N_FEATURES, radiomics
@@ -53,7 +54,7 @@ class ChexRadiNet(nn.Module):
         d = config.d_model
         self.iterations = max(int(config.radiomics_iterations), 1)
         self.region_fraction = config.region_fraction
-        self.embed = nn.Sequential(nn.Linear(config.feature_dim, d), nn.LayerNorm(d), nn.GELU(), nn.Dropout(config.dropout))
+        self.embed = patch_embedding(config.feature_dim, d, config.dropout)
         self.triplet = TripletAttention()
         self.mix = nn.Conv2d(d, d, 3, padding=1)
         self.heat = nn.Conv2d(d, 1, 1)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from persam_lib.models.abmil import GatedAttentionPool
+from persam_lib.models.layers import patch_embedding
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput
 from persam_lib.models.clinical import ClinicalTokenizer
 
@@ -18,7 +19,7 @@ class ConcatFusion(nn.Module):
         super().__init__()
         d = config.d_model
         n_fields = len(config.field_cardinalities)
-        self.embed = nn.Sequential(nn.Linear(config.feature_dim, d), nn.LayerNorm(d), nn.GELU(), nn.Dropout(config.dropout))
+        self.embed = patch_embedding(config.feature_dim, d, config.dropout)
         self.pool = GatedAttentionPool(d, d)
         self.clinical = ClinicalTokenizer(config.field_cardinalities, d)
         self.record_mlp = nn.Sequential(nn.Linear(n_fields * d, d), nn.GELU(), nn.Dropout(config.dropout))

@@ -8,6 +8,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def patch_embedding(feature_dim: int, d_model: int, dropout: float) -> nn.Sequential:
+    """Patch features (…, D) → tokens (…, d): linear, LayerNorm, GELU, dropout; shared by every model."""
+    return nn.Sequential(nn.Linear(feature_dim, d_model), nn.LayerNorm(d_model), nn.GELU(), nn.Dropout(dropout))
+
+
+def class_token_attention(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Attention of the first query (the class token) over all keys, per head: (B, H, T).
+
+    q, k (B, H, T, dh); computed in O(T), so it stays cheap for large bags.
+    """
+    scores = (q[:, :, :1].float() @ k.float().transpose(-1, -2)).squeeze(2) / math.sqrt(q.shape[-1])
+    return torch.softmax(scores.masked_fill(~key_mask[:, None, :], float("-inf")), dim=-1)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention on `scaled_dot_product_attention` (fused kernels where available).
 
@@ -31,12 +45,7 @@ class SelfAttention(nn.Module):
         attn_mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]  # (B, 1, 1, T), True = attend
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         out = self.proj(out.transpose(1, 2).reshape(b, t, d))
-        cls_attention = None
-        if return_cls_attention:
-            scores = (q[:, :, :1].float() @ k.float().transpose(-1, -2)).squeeze(2) / math.sqrt(self.head_dim)  # (B, H, T)
-            scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
-            cls_attention = torch.softmax(scores, dim=-1)
-        return out, cls_attention
+        return out, class_token_attention(q, k, key_mask) if return_cls_attention else None
 
 
 class TransformerBlock(nn.Module):
@@ -99,8 +108,4 @@ class BipartiteAttention(nn.Module):
         out_patches = weights[..., :n_global] @ v[:, :, :n_global] + weights[..., n_global:] * vp
         out = torch.cat([out_global, out_patches], dim=2)
         out = self.proj(out.transpose(1, 2).reshape(b, t, d))
-        cls_attention = None
-        if return_cls_attention:
-            scores = (q[:, :, :1].float() @ k.float().transpose(-1, -2)).squeeze(2) * scale  # (B, H, T)
-            cls_attention = torch.softmax(scores.masked_fill(~key_mask[:, None, :], float("-inf")), dim=-1)
-        return out, cls_attention
+        return out, class_token_attention(q, k, key_mask) if return_cls_attention else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from persam_lib.models.layers import patch_embedding
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax
 from persam_lib.models.clinical import ClinicalTokenizer
 
@@ -54,7 +55,7 @@ class MMAMGMU(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         d = config.d_model
-        self.embed = nn.Sequential(nn.Linear(config.feature_dim, d), nn.LayerNorm(d), nn.GELU(), nn.Dropout(config.dropout))
+        self.embed = patch_embedding(config.feature_dim, d, config.dropout)
         self.clinical = ClinicalTokenizer(config.field_cardinalities, d)
         self.record_summary = nn.Sequential(nn.Linear(len(config.field_cardinalities) * d, d), nn.GELU())
         self.mma = MultiModalAttention(d)

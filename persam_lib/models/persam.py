@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput
 from persam_lib.models.clinical import ClinicalTokenizer
-from persam_lib.models.layers import TransformerBlock
+from persam_lib.models.layers import TransformerBlock, patch_embedding
 
 
 class PersAM(nn.Module):
@@ -23,7 +23,7 @@ class PersAM(nn.Module):
         super().__init__()
         self.config = config
         d = config.d_model
-        self.patch_embed = nn.Sequential(nn.Linear(config.feature_dim, d), nn.LayerNorm(d), nn.GELU(), nn.Dropout(config.dropout))
+        self.patch_embed = patch_embedding(config.feature_dim, d, config.dropout)
         self.position = nn.Linear(2, d) if config.use_position else None
         self.clinical = ClinicalTokenizer(config.field_cardinalities, d)
         self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)

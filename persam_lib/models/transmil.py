@@ -11,7 +11,7 @@ from torch import nn
 
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput
 from persam_lib.models.grid import scatter_to_grid, gather_from_grid
-from persam_lib.models.layers import TransformerBlock
+from persam_lib.models.layers import TransformerBlock, patch_embedding
 
 
 class PPEG(nn.Module):
@@ -29,7 +29,7 @@ class TransMIL(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         d = config.d_model
-        self.embed = nn.Sequential(nn.Linear(config.feature_dim, d), nn.LayerNorm(d), nn.GELU(), nn.Dropout(config.dropout))
+        self.embed = patch_embedding(config.feature_dim, d, config.dropout)
         self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.layer1 = TransformerBlock(d, config.n_heads, config.mlp_ratio, config.dropout)
         self.ppeg = PPEG(d)
