@@ -13,6 +13,17 @@ from typing import Protocol
 import numpy as np
 
 
+def thumbnail_level(level_downsamples: tuple[float, ...], min_downsample: float) -> int:
+    """The finest stored level whose downsample is at least ``min_downsample`` (else the coarsest)."""
+    return next((i for i, d in enumerate(level_downsamples) if d >= min_downsample * 0.999), len(level_downsamples) - 1)
+
+
+def read_level(reader: "SlideReader", level: int) -> tuple[np.ndarray, float]:
+    """A whole pyramid level as RGB, and its downsample."""
+    w, h = reader.level_dimensions[level]
+    return reader.read_region((0, 0), level, (w, h)), reader.level_downsamples[level]
+
+
 class SlideError(RuntimeError):
     """A slide could not be opened or read; the message names the file and what to do."""
 
@@ -78,9 +89,7 @@ class OpenSlideReader:
         return _rgba_to_rgb_on_white(rgba)
 
     def thumbnail(self, min_downsample: float) -> tuple[np.ndarray, float]:
-        level = next((i for i, d in enumerate(self.level_downsamples) if d >= min_downsample * 0.999), len(self.level_downsamples) - 1)
-        w, h = self.level_dimensions[level]
-        return self.read_region((0, 0), level, (w, h)), self.level_downsamples[level]
+        return read_level(self, thumbnail_level(self.level_downsamples, min_downsample))
 
     def close(self) -> None:
         self._slide.close()
@@ -121,8 +130,8 @@ class InMemorySlideReader:
         return out
 
     def thumbnail(self, min_downsample: float) -> tuple[np.ndarray, float]:
-        level = next((i for i, d in enumerate(self.downsamples) if d >= min_downsample), len(self.downsamples) - 1)
-        return self._levels[level], float(self.downsamples[level])
+        level = thumbnail_level(self.level_downsamples, min_downsample)
+        return self._levels[level], self.level_downsamples[level]
 
     def close(self) -> None:
         pass

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from persam_lib.slides.reader import OpenSlideReader, SlideError
+from persam_lib.slides.reader import OpenSlideReader, SlideError, read_level, thumbnail_level
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
 
@@ -92,9 +92,7 @@ class TiledTiffReader:
         return out
 
     def thumbnail(self, min_downsample: float) -> tuple[np.ndarray, float]:
-        level = next((i for i, d in enumerate(self.level_downsamples) if d >= min_downsample * 0.999), len(self.level_downsamples) - 1)
-        w, h = self.level_dimensions[level]
-        return self.read_region((0, 0), level, (w, h)), self.level_downsamples[level]
+        return read_level(self, thumbnail_level(self.level_downsamples, min_downsample))
 
     def close(self) -> None:
         self._tif.close()
