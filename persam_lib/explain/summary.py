@@ -46,20 +46,17 @@ def summarise_truth(scores: pd.DataFrame, deciding_field: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def moved_to_new_region(scores: pd.DataFrame, attention: pd.DataFrame, truth, deciding_field: str) -> pd.DataFrame:
+def moved_to_new_region(scores: pd.DataFrame, deciding_field: str) -> pd.DataFrame:
     """Per slide whose deciding field was flipped: attention mass on the *newly* diagnostic region
-    under the original record and under the altered one; ``moved`` is True when it grew."""
-    from persam_lib.explain.truth import region_fractions
+    under the original record and under the altered one; ``moved`` is True when it grew.
 
-    rows = []
+    ``scores`` is `truth_scores`'s table, which holds each record's mass on every region.
+    """
+    original = scores[scores["record"] == ORIGINAL].set_index("slide_id")
     flipped = scores[scores["record"].str.contains(f"{deciding_field}=", regex=False)]
-    for row in flipped.itertuples():
-        slide = attention[attention["slide_id"] == row.slide_id]
-        original = slide[slide["record"] == ORIGINAL].sort_values(["y", "x"])
-        altered = slide[slide["record"] == row.record].sort_values(["y", "x"])
-        coords = original[["x", "y"]].to_numpy()
-        fraction = region_fractions(truth, row.slide_id, coords, int(original["size"].iloc[0]))[row.diagnostic_region]
-        before = float(original["attention"].to_numpy() @ fraction)
-        after = float(altered["attention"].to_numpy() @ fraction)
-        rows.append({"slide_id": row.slide_id, "record": row.record, "new_region": row.diagnostic_region, "mass_before": before, "mass_after": after, "moved": after > before})
-    return pd.DataFrame(rows)
+    before = np.array([original.at[row.slide_id, f"mass_{row.diagnostic_region}"] for row in flipped.itertuples()], dtype=float)
+    after = flipped["mass_diagnostic"].to_numpy(dtype=float)
+    return pd.DataFrame(
+        {"slide_id": flipped["slide_id"].to_numpy(), "record": flipped["record"].to_numpy(), "new_region": flipped["diagnostic_region"].to_numpy(),
+         "mass_before": before, "mass_after": after, "moved": after > before}
+    )

@@ -62,7 +62,8 @@ def truth_scores(attention: pd.DataFrame, cohort: Cohort, truth: GroundTruth) ->
     """Per slide and record: the diagnostic region under that record and the attention mass inside it.
 
     Columns: slide_id, record, deciding_value, diagnostic_region, mass_diagnostic, mass_other_region,
-    uniform_diagnostic (the mass a uniform map would put there: the baseline to beat).
+    uniform_diagnostic (the mass a uniform map would put there: the baseline to beat), and
+    ``mass_<region>`` for every region kind, so later comparisons need no second pass over masks.
     """
     records = cohort.records()
     patients = cohort.slides.set_index("slide_id")["patient_id"]
@@ -78,16 +79,17 @@ def truth_scores(attention: pd.DataFrame, cohort: Cohort, truth: GroundTruth) ->
             region = truth.region_for(value)
             weights = np.zeros(len(coords))
             weights[[key[xy] for xy in map(tuple, part[["x", "y"]].to_numpy())]] = part["attention"].to_numpy()
-            others = [r for r in fractions if r != region]
+            mass = {name: float(weights @ fraction) for name, fraction in fractions.items()}
             rows.append(
                 {
                     "slide_id": slide_id,
                     "record": record,
                     "deciding_value": value,
                     "diagnostic_region": region,
-                    "mass_diagnostic": float(weights @ fractions[region]),
-                    "mass_other_region": float(sum(weights @ fractions[r] for r in others)),
+                    "mass_diagnostic": mass[region],
+                    "mass_other_region": sum(m for name, m in mass.items() if name != region),
                     "uniform_diagnostic": float(fractions[region].mean()),
+                    **{f"mass_{name}": m for name, m in mass.items()},
                 }
             )
     return pd.DataFrame(rows)
