@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from persam_lib.atomic import write_text_atomic
+from persam_lib.atomic import atomic_path, write_text_atomic
 from persam_lib.cohort.demo_tissue import LABEL_DOWNSAMPLE, REGION_LABELS, SlideDesign, render_slide
 from persam_lib.slides.tiff_writer import write_pyramidal_tiff
 
@@ -158,6 +158,5 @@ def _design_patients(config: DemoConfig, rng: np.random.Generator) -> pd.DataFra
 
 
 def _atomic_png(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")

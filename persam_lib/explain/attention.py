@@ -5,7 +5,6 @@ a slide (original + alterations) run as one batch over the same patch features.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from persam_lib.atomic import atomic_path
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.explain.records import ORIGINAL, Alteration, default_alterations
 from persam_lib.features.store import feature_path, read_features
@@ -82,14 +82,13 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write CSV or parquet (by suffix) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".parquet":
-        table.to_parquet(tmp, index=False)
-    elif path.suffix == ".csv":
-        table.to_csv(tmp, index=False)
-    else:
+    if path.suffix not in (".csv", ".parquet"):
         raise ValueError(f"{path}: the output must end in .csv or .parquet")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
     return path
 
 

@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from persam_lib.atomic import write_text_atomic
+from persam_lib.atomic import atomic_path, write_text_atomic
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.features.encoders import Encoder, create_encoder
 from persam_lib.features.store import SlideFeatures, feature_path, is_complete, write_features
@@ -153,7 +153,7 @@ def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = Extract
     """Extract features for every slide of ``cohort`` into ``out_dir``; skip slides already done."""
     out_dir = Path(out_dir)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    for stale in list(out_dir.glob(".*.tmp")) + list((out_dir / "masks").glob(".*.tmp.png")):
+    for stale in list(out_dir.glob(".*.tmp")) + list((out_dir / "masks").glob(".*.tmp")):
         stale.unlink(missing_ok=True)  # left by a run that was killed mid-write
     write_text_atomic(out_dir / "extract_config.json", json.dumps(asdict(config), indent=2))
     encoder = create_encoder(config.encoder, weights=config.encoder_weights)
@@ -229,8 +229,7 @@ def load_tissue_mask(features_dir: str | Path, slide_id: str) -> tuple[np.ndarra
 def _save_mask(path: Path, mask: np.ndarray, downsample: float) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text("downsample", str(downsample))
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, pnginfo=info)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG", pnginfo=info)
 
 

@@ -9,12 +9,13 @@ a temporary name and renamed, so a file under its final name is always complete.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from persam_lib.atomic import atomic_path
 
 
 @dataclass
@@ -47,22 +48,16 @@ def write_features(path: str | Path, data: SlideFeatures) -> Path:
     """Write a feature file atomically (temporary file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["slide_id"] = data.slide_id
-            f.attrs["encoder"] = data.encoder
-            f.create_dataset("features", data=data.features.astype(np.float32))
-            coords = f.create_dataset("coords", data=data.coords.astype(np.int64))
-            coords.attrs["patch_size"] = int(data.patch_size)
-            coords.attrs["patch_level"] = int(data.patch_level)
-            coords.attrs["downsample"] = float(data.downsample)
-            coords.attrs["mpp"] = float(data.mpp)
-            coords.attrs["patch_size_level0"] = int(data.patch_size_level0)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["slide_id"] = data.slide_id
+        f.attrs["encoder"] = data.encoder
+        f.create_dataset("features", data=data.features.astype(np.float32))
+        coords = f.create_dataset("coords", data=data.coords.astype(np.int64))
+        coords.attrs["patch_size"] = int(data.patch_size)
+        coords.attrs["patch_level"] = int(data.patch_level)
+        coords.attrs["downsample"] = float(data.downsample)
+        coords.attrs["mpp"] = float(data.mpp)
+        coords.attrs["patch_size_level0"] = int(data.patch_size_level0)
     return path
 
 

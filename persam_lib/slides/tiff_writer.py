@@ -7,12 +7,13 @@ written that way. The resolution tags carry the microns per pixel (OpenSlide rep
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image
+
+from persam_lib.atomic import atomic_path
 
 
 def write_pyramidal_tiff(
@@ -35,8 +36,7 @@ def write_pyramidal_tiff(
     if downsamples[0] != 1 or list(downsamples) != sorted(downsamples):
         raise ValueError(f"downsamples must start at 1 and increase, got {downsamples}")
     pixels_per_cm = 1e4 / mpp
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tifffile.TiffWriter(tmp, bigtiff=level0_rgb.nbytes > 2**31) as tif:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=level0_rgb.nbytes > 2**31) as tif:
         for i, ds in enumerate(downsamples):
             level = level0_rgb if ds == 1 else _downsample(level0_rgb, ds)
             tif.write(
@@ -51,7 +51,6 @@ def write_pyramidal_tiff(
                 metadata=None,
                 description=f"persam demo slide; mpp={mpp}" if i == 0 else None,
             )
-    os.replace(tmp, path)
     return path
 
 

@@ -1,13 +1,13 @@
 """Checkpoints that rebuild themselves: weights + model config + record encoder + feature normaliser."""
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from persam_lib.atomic import atomic_path
 from persam_lib.models import create_model
 from persam_lib.models.base import ModelConfig
 from persam_lib.models.clinical import RecordEncoder
@@ -37,9 +37,8 @@ def save_checkpoint(path: str | Path, loaded: LoadedModel, extra: dict | None = 
         "normaliser": loaded.normaliser.state(),
         "extra": extra or {},
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
