@@ -156,10 +156,15 @@ def open_slide(path: str | Path, *, mpp: float | None = None, backend: str = "au
     if backend not in ("auto", "openslide", "tiled-tiff"):
         raise ValueError(f"backend must be 'auto', 'openslide' or 'tiled-tiff', got '{backend}'")
     if backend != "openslide":
-        from persam_lib.slides.tiled_tiff import TiledTiffReader, supports_fast_path
+        from persam_lib.slides.tiled_tiff import TIFF_SUFFIXES, FastPathUnsupported, TiledTiffReader
 
-        if backend == "tiled-tiff" or supports_fast_path(path):
+        if backend == "tiled-tiff":
             return TiledTiffReader(str(path), mpp_override=mpp)
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            try:  # one open decides: no separate probe of the file first
+                return TiledTiffReader(str(path), mpp_override=mpp)
+            except FastPathUnsupported:
+                pass
     return OpenSlideReader(str(path), mpp_override=mpp)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -19,6 +18,10 @@ import tifffile
 from persam_lib.slides.reader import OpenSlideReader, SlideError, read_level, thumbnail_level
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
+
+
+class FastPathUnsupported(SlideError):
+    """The file is not a tiled, 3-channel JPEG TIFF pyramid: read it with OpenSlide instead."""
 
 
 @dataclass
@@ -31,24 +34,28 @@ class TiledTiffReader:
     _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        with OpenSlideReader(self.path, self.mpp_override) as reference:
-            self.level_dimensions = reference.level_dimensions
-            self.level_downsamples = reference.level_downsamples
-            self.mpp = reference.mpp
         try:
             self._tif = tifffile.TiffFile(self.path)
         except (tifffile.TiffFileError, OSError) as err:
-            raise SlideError(f"{self.path}: not a readable TIFF ({err}).") from err
-        self._pages = [self._page_for(dims) for dims in self.level_dimensions]
+            raise FastPathUnsupported(f"{self.path}: not a readable TIFF ({err}).") from err
+        try:
+            with OpenSlideReader(self.path, self.mpp_override) as reference:
+                self.level_dimensions = reference.level_dimensions
+                self.level_downsamples = reference.level_downsamples
+                self.mpp = reference.mpp
+            self._pages = [self._page_for(dims) for dims in self.level_dimensions]
+        except BaseException:
+            self._tif.close()
+            raise
         self._fd = os.open(self.path, os.O_RDONLY)  # tiles are read with pread: no shared file position
 
     def _page_for(self, dims: tuple[int, int]) -> tifffile.TiffPage:
         for page in self._tif.pages:
             if (page.imagewidth, page.imagelength) == tuple(dims) and page.is_tiled:
                 if page.compression != tifffile.COMPRESSION.JPEG or page.samplesperpixel != 3:
-                    raise SlideError(f"{self.path}: level {dims} is not 3-channel JPEG; use the OpenSlide reader")
+                    raise FastPathUnsupported(f"{self.path}: level {dims} is not 3-channel JPEG; use the OpenSlide reader")
                 return page
-        raise SlideError(f"{self.path}: no tiled TIFF page of size {dims}; use the OpenSlide reader")
+        raise FastPathUnsupported(f"{self.path}: no tiled TIFF page of size {dims}; use the OpenSlide reader")
 
     def _tile(self, level: int, row: int, col: int) -> np.ndarray:
         key = (level, row, col)
@@ -107,14 +114,3 @@ class TiledTiffReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def supports_fast_path(path: str | Path) -> bool:
-    """True for TIFF-family files whose every pyramid level is a tiled, 3-channel JPEG page."""
-    if Path(path).suffix.lower() not in TIFF_SUFFIXES:
-        return False
-    try:
-        with tifffile.TiffFile(path) as tif:
-            tiled = [p for p in tif.pages if p.is_tiled]
-            return bool(tiled) and all(p.compression == tifffile.COMPRESSION.JPEG and p.samplesperpixel == 3 for p in tiled)
-    except Exception:
-        return False
