@@ -140,16 +140,16 @@ def test_bipartite_attention_patches_see_only_the_global_tokens_and_themselves()
 
     torch.manual_seed(0)
     layer = BipartiteAttention(16, 2, dropout=0.0).eval()
-    x = torch.randn(1, 3 + 10, 16)  # 3 global tokens (class + 2 fields), 10 patches
-    mask = torch.ones(1, 13, dtype=torch.bool)
-    changed = x.clone()
-    changed[0, 3 + 4] += 5.0  # change patch 4
+    globals_, patches = torch.randn(1, 3, 16), torch.randn(1, 10, 16)  # class + 2 fields, 10 patches
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    changed = patches.clone()
+    changed[0, 4] += 5.0  # change patch 4
     with torch.no_grad():
-        (a, _), (b, _) = layer(x, mask, 3), layer(changed, mask, 3)
-    others = [3 + j for j in range(10) if j != 4]
-    torch.testing.assert_close(a[0, others], b[0, others])  # other patches do not see patch 4
-    assert not torch.allclose(a[0, :3], b[0, :3])  # the class and field tokens do
-    assert not torch.allclose(a[0, 3 + 4], b[0, 3 + 4])
+        (a_g, a_p), (b_g, b_p) = layer(globals_, patches, mask), layer(globals_, changed, mask)
+    others = [j for j in range(10) if j != 4]
+    torch.testing.assert_close(a_p[0, others], b_p[0, others])  # other patches do not see patch 4
+    assert not torch.allclose(a_g, b_g)  # the class and field tokens do
+    assert not torch.allclose(a_p[0, 4], b_p[0, 4])
 
 
 def test_persam_attention_modes():
@@ -160,3 +160,94 @@ def test_persam_attention_modes():
     assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in bipartite.parameters())  # same weights, other wiring
     with pytest.raises(ValueError, match="'full' or 'bipartite'"):
         create_model("persam", replace(CONFIG, patch_attention="sparse"))
+
+
+def _dense_attention(block, globals_, patches, patch_mask, bipartite):
+    """The head-averaged attention matrix (B, T, T) of a block, built densely from its weights."""
+    import math
+
+    x = torch.cat([globals_, patches], dim=1)
+    key_mask = torch.cat([torch.ones(globals_.shape[:2], dtype=torch.bool), patch_mask], dim=1)
+    n_global = globals_.shape[1] if bipartite else 0
+    b, t, d = x.shape
+    attn = block.attn
+    q, k, _ = attn.qkv(block.norm1(x)).view(b, t, 3, attn.n_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    allowed = key_mask[:, None, None, :].expand(b, 1, t, t).clone()
+    if n_global:
+        patch_rows = torch.zeros(t, t, dtype=torch.bool)
+        patch_rows[n_global:, :n_global] = True
+        patch_rows[range(n_global, t), range(n_global, t)] = True
+        allowed[:, :, n_global:] &= patch_rows[n_global:]
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)).masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, -1).nan_to_num(0.0).mean(1)
+
+
+@pytest.mark.parametrize("wiring", ["bipartite", "full"])
+def test_persam_rollout_and_last_layer_match_a_dense_computation(wiring):
+    """Rollout computed row by row equals (0.5·A + 0.5·I) multiplied densely over the layers, and
+    updating only the class token in the last layer gives the logits of a full last layer."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = create_model("persam", replace(CONFIG, n_layers=3, patch_attention=wiring)).eval()
+    batch = _batch()
+    with torch.no_grad():
+        out = model(batch, rollout=True)
+        globals_, patches = model.embed_tokens(batch)
+        eye = torch.eye(globals_.shape[1] + patches.shape[1])
+        product = eye.expand(patches.shape[0], -1, -1)
+        for block in model.blocks:
+            product = (0.5 * _dense_attention(block, globals_, patches, batch.patch_mask, wiring == "bipartite") + 0.5 * eye) @ product  # Â_l ... Â_1
+            globals_, patches = block(globals_, patches, batch.patch_mask)
+        logits = model.head(model.norm(globals_[:, 0]))
+    torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-4)
+    patches = product[:, 0, 1 + 3 :]
+    torch.testing.assert_close(out.patch_attention_rollout, patches / patches.sum(-1, keepdim=True), atol=1e-5, rtol=1e-4)
+    assert out.patch_attention_rollout[1, 12:].abs().sum() == 0
+    assert not torch.allclose(out.patch_attention_rollout, out.patch_attention)  # rollout is not the last layer's map
+
+
+@pytest.mark.parametrize("name", [n for n in available_models() if MODEL_INFO[n].reads_image])
+def test_every_image_model_gives_per_head_maps_and_rollout(name):
+    torch.manual_seed(0)
+    model = create_model(name, CONFIG).eval()
+    with torch.no_grad():
+        plain, detailed = model(_batch()), model(_batch(), rollout=True)
+    torch.testing.assert_close(plain.patch_attention, detailed.patch_attention)
+    heads, rollout = detailed.patch_attention_heads, detailed.patch_attention_rollout
+    assert heads.shape[0] == 3 and heads.shape[2] == 20 and rollout.shape == (3, 20)
+    torch.testing.assert_close(heads.sum(-1), torch.ones(heads.shape[:2]))
+    torch.testing.assert_close(rollout.sum(-1), torch.ones(3))
+    assert heads[1, :, 12:].abs().sum() == 0 and rollout[1, 12:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("bipartite", [True, False])
+def test_attention_wirings_equal_a_dense_masked_softmax(bipartite):
+    """Both wirings (and the class-token-only path) compute softmax(QKᵀ/√dh + mask)·V exactly."""
+    from persam_lib.models.layers import TransformerBlock
+
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 4, 2.0, 0.0, bipartite=bipartite).eval()
+    globals_, patches = torch.randn(2, 3, 16), torch.randn(2, 9, 16)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    with torch.no_grad():
+        out_g, out_p = block.attn(block.norm1(globals_), block.norm1(patches), mask)
+        cls, cls_attention = block.attn.forward_class_token(block.norm1(globals_), block.norm1(patches), mask)
+        x = block.norm1(torch.cat([globals_, patches], dim=1))
+        b, t, d = x.shape
+        q, k, v = block.attn.qkv(x).view(b, t, 3, 4, 4).permute(2, 0, 3, 1, 4)
+        allowed = torch.cat([torch.ones(2, 3, dtype=torch.bool), mask], 1)[:, None, None, :].expand(b, 1, t, t).clone()
+        if bipartite:
+            patch_rows = torch.zeros(t, t, dtype=torch.bool)
+            patch_rows[3:, :3] = True
+            patch_rows[range(3, t), range(3, t)] = True
+            allowed[:, :, 3:] &= patch_rows[3:]
+        weights = torch.softmax((q @ k.transpose(-1, -2) / 2.0).masked_fill(~allowed, float("-inf")), -1)  # (B, H, T, T)
+        dense = block.attn.proj((weights @ v).transpose(1, 2).reshape(b, t, d))
+    torch.testing.assert_close(out_g, dense[:, :3], atol=1e-5, rtol=1e-4)
+    real = torch.cat([torch.ones(2, 3, dtype=torch.bool), mask], 1)
+    torch.testing.assert_close(out_p[mask], dense[:, 3:][mask], atol=1e-5, rtol=1e-4)  # padded patches' own outputs are never read
+    torch.testing.assert_close(cls[:, 0], dense[:, 0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cls_attention, weights[:, :, 0], atol=1e-6, rtol=1e-4)
+    assert (cls_attention[~real[:, None, :].expand_as(cls_attention)] == 0).all()

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from persam_lib.models.layers import patch_embedding
-from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax
+from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax, single_attention_output
 
 
 class GatedAttentionPool(nn.Module):
@@ -33,6 +33,6 @@ class ABMIL(nn.Module):
         self.pool = GatedAttentionPool(d, d)
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(d, config.n_classes))
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
         pooled, weights = self.pool(self.embed(batch.features), batch.patch_mask)
-        return ModelOutput(logits=self.head(pooled), patch_attention=weights)
+        return single_attention_output(self.head(pooled), weights)

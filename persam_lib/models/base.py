@@ -54,13 +54,27 @@ class ModelOutput:
     """The output every model returns.
 
     logits (B, C); patch_attention (B, N), summing to 1 over each bag's real patches (None for
-    models without patch attention); field_attention (B, F), summing to 1 (None for models that
-    do not attend over clinical fields).
+    models without patch attention) — for Transformers the class token's attention in the last
+    layer, averaged over heads; field_attention (B, F), summing to 1 (None for models that do not
+    attend over clinical fields).
+
+    patch_attention_heads (B, H, N): the same map per head, each summing to 1 (one "head" for
+    models with a single attention pooling). patch_attention_rollout (B, N): attention rollout
+    through all layers, filled when the model is called with ``rollout=True``; for a model whose
+    patches pass through a single attention step it is the patch attention itself.
     """
 
     logits: torch.Tensor
     patch_attention: torch.Tensor | None = None
     field_attention: torch.Tensor | None = None
+    patch_attention_heads: torch.Tensor | None = None
+    patch_attention_rollout: torch.Tensor | None = None
+
+
+def single_attention_output(logits: torch.Tensor, attention: torch.Tensor, field_attention: torch.Tensor | None = None) -> ModelOutput:
+    """Output of a model whose patches pass through one attention pooling: the map is its own
+    rollout and its only head."""
+    return ModelOutput(logits, attention, field_attention, patch_attention_heads=attention[:, None], patch_attention_rollout=attention)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:

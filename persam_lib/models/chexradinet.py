@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from persam_lib.models.layers import patch_embedding
-from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax
+from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax, single_attention_output
 from persam_lib.models.grid import gather_from_grid, scatter_to_grid
 from persam_lib.models.radiomics import N_FEATURES, radiomics
 
@@ -62,7 +62,7 @@ class ChexRadiNet(nn.Module):
         self.radiomics_norm = nn.LayerNorm(N_FEATURES)
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * d, config.n_classes))
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
         patches = self.embed(batch.features)  # (B, N, d)
         grid, index = scatter_to_grid(patches, batch.coords, batch.patch_mask)  # (B, d, H, W)
         guidance = torch.zeros(grid.shape[0], grid.shape[1], device=grid.device, dtype=grid.dtype)
@@ -75,7 +75,7 @@ class ChexRadiNet(nn.Module):
             pooled = torch.einsum("bn,bnd->bd", attention.to(tokens.dtype), tokens)
             features = self._region_radiomics(attention.detach(), index, batch.patch_mask, intensity)
             guidance = self.guide(self.radiomics_norm(features))
-        return ModelOutput(logits=self.head(torch.cat([pooled, guidance], dim=-1)), patch_attention=attention)
+        return single_attention_output(self.head(torch.cat([pooled, guidance], dim=-1)), attention)
 
     def _region_radiomics(self, attention: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
         """Radiomics of the top ``region_fraction`` of each bag's patches by attention."""

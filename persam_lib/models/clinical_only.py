@@ -14,5 +14,5 @@ class ClinicalOnly(nn.Module):
         self.clinical = ClinicalTokenizer(config.field_cardinalities, d)
         self.mlp = nn.Sequential(nn.Linear(len(config.field_cardinalities) * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, config.n_classes))
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
         return ModelOutput(logits=self.mlp(self.clinical(batch.codes, batch.values).flatten(1)))

@@ -10,7 +10,7 @@ from torch import nn
 
 from persam_lib.models.abmil import GatedAttentionPool
 from persam_lib.models.layers import patch_embedding
-from persam_lib.models.base import Batch, ModelConfig, ModelOutput
+from persam_lib.models.base import Batch, ModelConfig, ModelOutput, single_attention_output
 from persam_lib.models.clinical import ClinicalTokenizer
 
 
@@ -25,7 +25,7 @@ class ConcatFusion(nn.Module):
         self.record_mlp = nn.Sequential(nn.Linear(n_fields * d, d), nn.GELU(), nn.Dropout(config.dropout))
         self.head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, config.n_classes))
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
         pooled, weights = self.pool(self.embed(batch.features), batch.patch_mask)  # (B, d), (B, N)
         record = self.record_mlp(self.clinical(batch.codes, batch.values).flatten(1))  # (B, d)
-        return ModelOutput(logits=self.head(torch.cat([pooled, record], dim=-1)), patch_attention=weights)
+        return single_attention_output(self.head(torch.cat([pooled, record], dim=-1)), weights)

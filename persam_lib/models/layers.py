@@ -1,33 +1,171 @@
-"""Transformer building blocks shared by the attention models."""
+"""Transformer building blocks shared by the attention models.
+
+Blocks work on two token streams: a few *global* tokens (the class token, and for PersAM one token
+per clinical field) and the N *patch* tokens of a bag. Two attention wirings:
+
+* `FullAttention`: every token attends to every token (`scaled_dot_product_attention`, fused
+  kernels where available); O(N²).
+* `BipartiteAttention`: global tokens attend to every token, each patch token to the global
+  tokens and to itself; O(N·G). Its products with the few global tokens are single matrix
+  products against block-diagonal matrices, so the N patch tokens stay in the projection's
+  (N, H·dh) layout and are never reshuffled per head or concatenated with the global tokens.
+
+A block can also update the class token alone (what the last layer of a classifier needs; O(N·d·H),
+the cost of attention pooling, instead of a full layer's O(N·d²)) and hand out its attention matrix as an `AttentionOperator`, whose
+product with a row vector gives attention rollout (O(N) for the bipartite wiring).
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Rows of a dense attention matrix materialised at once by `AttentionOperator` (full wiring), per
+# batch element and head: bounds rollout memory to about this many floats times the token count.
+ROLLOUT_CHUNK_ROWS = 1024
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout: zero each element with probability ``p``, scale the rest by 1 / (1 - p).
+
+    On CPU the keep-mask is cut from 16-bit slices of 64-bit random integers (p is rounded to a
+    multiple of 1/65536): `F.dropout` draws one Bernoulli sample per element there, which on bags
+    of 10k+ patches costs as much as a large matrix product; this costs a fifth of it. Other
+    devices use `F.dropout` (fused kernels). Seeded by `torch.manual_seed` like any dropout.
+    """
+    if not training or p <= 0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1).view(torch.int16)[:n]  # uniform 16-bit values
+    keep = (bits >= round(p * 65536) - 32768).view(x.shape)
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    """`dropout` as a module, for tensors the size of the bag (see `dropout` for why not nn.Dropout)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
 
 def patch_embedding(feature_dim: int, d_model: int, dropout: float) -> nn.Sequential:
     """Patch features (…, D) → tokens (…, d): linear, LayerNorm, GELU, dropout; shared by every model."""
-    return nn.Sequential(nn.Linear(feature_dim, d_model), nn.LayerNorm(d_model), nn.GELU(), nn.Dropout(dropout))
+    return nn.Sequential(nn.Linear(feature_dim, d_model), nn.LayerNorm(d_model), nn.GELU(), Dropout(dropout))
 
 
-def class_token_attention(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-    """Attention of the first query (the class token) over all keys, per head: (B, H, T).
+def renormalise(weights: torch.Tensor) -> torch.Tensor:
+    """Scale non-negative weights to sum to 1 over the last dimension (all-zero rows stay zero)."""
+    return weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
 
-    q, k (B, H, T, dh); computed in O(T), so it stays cheap for large bags.
+
+def _masked_scores(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Scaled dot products q·k (B, H, Tq, T) in float32, −inf where the key is padding."""
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+
+
+def _by_head(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """(B, T, H*dh) → (B, H, T, dh) (a view)."""
+    b, t, d = x.shape
+    return x.view(b, t, n_heads, d // n_heads).transpose(1, 2)
+
+
+def _block_diagonal(x: torch.Tensor, n_heads: int, heads_first: bool) -> torch.Tensor:
+    """A few tokens' per-head vectors x (B, G, H*dh) as one block-diagonal matrix per batch element.
+
+    ``heads_first=True`` gives (B, H*dh, H*G): column (h, j) holds token j's head-h vector in the
+    rows of head h, so ``y @ it`` (y (B, N, H*dh)) is every head's dot product of every row of y
+    with every token, in one matrix product. ``False`` gives the (B, H*G, H*dh) layout, so that
+    ``w @ it`` (w (B, N, H*G)) sums each head's token vectors weighted by that head's weights.
     """
-    scores = (q[:, :, :1].float() @ k.float().transpose(-1, -2)).squeeze(2) / math.sqrt(q.shape[-1])
-    return torch.softmax(scores.masked_fill(~key_mask[:, None, :], float("-inf")), dim=-1)
+    b, g, d = x.shape
+    eye = torch.eye(n_heads, dtype=x.dtype, device=x.device)
+    per_head = x.view(b, g, n_heads, d // n_heads)
+    if heads_first:
+        return torch.einsum("bjhc,hk->bhckj", per_head, eye).reshape(b, d, n_heads * g)
+    return torch.einsum("bjhc,hk->bhjkc", per_head, eye).reshape(b, n_heads * g, d)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention on `scaled_dot_product_attention` (fused kernels where available).
+def _patch_row_weights(q_patches: torch.Tensor, k_patches: torch.Tensor, k_global: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Bipartite wiring: each patch's attention over [the G global tokens, itself], (B, N, H, G + 1), float32."""
+    b, n, d = q_patches.shape
+    g, dh = k_global.shape[1], d // n_heads
+    shared = (q_patches @ _block_diagonal(k_global, n_heads, heads_first=True)).view(b, n, n_heads, g)  # (B, N, H, G)
+    own = (q_patches.view(b, n, n_heads, dh) * k_patches.view(b, n, n_heads, dh)).sum(-1, keepdim=True)  # (B, N, H, 1)
+    return torch.softmax(torch.cat([shared, own], dim=-1).float() / math.sqrt(dh), dim=-1)
 
-    When asked, it also returns the attention of the first token (the class token) over all
-    tokens, per head, computed in O(T) so it stays cheap for large bags.
+
+def _global_row_attention(
+    q: torch.Tensor, k_global: torch.Tensor, v_global: torch.Tensor, k_patches: torch.Tensor, v_patches: torch.Tensor, patch_mask: torch.Tensor, n_heads: int, p: float, training: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries q (B, Q, d) of global tokens attending to every token (globals, then patches).
+
+    Returns the output (B, Q, d) and the attention weights before dropout (B, H, Q, G + N).
     """
+    b, n_queries, d = q.shape
+    g, dh = k_global.shape[1], d // n_heads
+    queries = _block_diagonal(q, n_heads, heads_first=True)  # (B, d, H*Q)
+    scores_patches = (k_patches @ queries).float().masked_fill(~patch_mask[..., None], float("-inf"))  # (B, N, H*Q)
+    scores = torch.cat([(k_global @ queries).float(), scores_patches], dim=1) / math.sqrt(dh)  # (B, G + N, H*Q)
+    weights = torch.softmax(scores, dim=1)
+    kept = dropout(weights, p, training).to(v_patches.dtype)
+    out = kept[:, :g].transpose(1, 2) @ v_global + kept[:, g:].transpose(1, 2) @ v_patches  # (B, H*Q, d): all heads against all heads
+    out = torch.diagonal(out.view(b, n_heads, n_queries, n_heads, dh), dim1=1, dim2=3)  # (B, Q, dh, H): each head's own block
+    return out.permute(0, 1, 3, 2).reshape(b, n_queries, d), weights.view(b, g + k_patches.shape[1], n_heads, n_queries).permute(0, 2, 3, 1)
+
+
+@dataclass
+class AttentionOperator:
+    """One layer's attention matrix, averaged over heads, kept implicit (never T x T in memory).
+
+    q, k (B, T, H*dh) are the layer's queries and keys over [global tokens, patch tokens],
+    key_mask (B, T) marks real tokens, and ``n_global`` is 0 for full attention or the number of
+    global tokens of the bipartite wiring.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    key_mask: torch.Tensor
+    n_heads: int
+    n_global: int
+
+    def left_multiply(self, row: torch.Tensor) -> torch.Tensor:
+        """row (B, T) → row @ A (B, T), where A is the head-averaged attention (rows sum to 1).
+
+        O(T) for the bipartite wiring; O(T²) time but bounded memory for full attention.
+        """
+        row = row.float()
+        q, k = _by_head(self.q, self.n_heads), _by_head(self.k, self.n_heads)
+        if self.n_global == 0:
+            out = torch.zeros_like(row)
+            for start in range(0, row.shape[1], ROLLOUT_CHUNK_ROWS):
+                stop = start + ROLLOUT_CHUNK_ROWS
+                weights = torch.softmax(_masked_scores(q[:, :, start:stop], k, self.key_mask), -1).nan_to_num(0.0).mean(1)  # (B, c, T)
+                out += torch.einsum("bc,bct->bt", row[:, start:stop], weights)
+            return out
+        g = self.n_global
+        global_rows = torch.softmax(_masked_scores(q[:, :, :g], k, self.key_mask), -1).mean(1)  # (B, G, T)
+        out = torch.einsum("bg,bgt->bt", row[:, :g], global_rows)
+        patch_rows = _patch_row_weights(self.q[:, g:], self.k[:, g:], self.k[:, :g], self.n_heads).mean(2)  # (B, N, G + 1)
+        out[:, :g] += torch.einsum("bn,bng->bg", row[:, g:], patch_rows[..., :g])
+        out[:, g:] += row[:, g:] * patch_rows[..., g]
+        return out
+
+
+class _Projections(nn.Module):
+    """The query/key/value and output projections every attention wiring shares."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float):
         super().__init__()
@@ -38,74 +176,123 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, return_cls_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_class_token(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The class token (the first global token) attending to every token, as in both wirings.
+
+        Returns its output (B, 1, d) and its attention over [globals, patches] (B, H, G + N). The
+        patches' keys and values are never formed: with one query q per head,
+        q·(W_k x + b_k) = (W_kᵀ q)·x + q·b_k and Σ w (W_v x + b_v) = W_v (Σ w x) + b_v Σ w, so the
+        patch side costs O(N·d·H), like attention pooling (ABMIL), instead of O(N·d²).
+        """
+        b, n, d = patches.shape
+        h, dh = self.n_heads, self.head_dim
+        w_q, w_k, w_v = self.qkv.weight.split(d)  # each (d, d)
+        b_q, b_k, b_v = self.qkv.bias.split(d)
+        q = F.linear(globals_[:, :1], w_q, b_q).view(b, h, dh)  # (B, H, dh)
+        key_directions = torch.einsum("hcd,bhc->bdh", w_k.view(h, dh, d), q)  # (B, d, H)
+        key_bias = (b_k.view(h, dh) * q).sum(-1)[:, None]  # (B, 1, H)
+        scores_patches = (patches @ key_directions + key_bias).float().masked_fill(~patch_mask[..., None], float("-inf"))  # (B, N, H)
+        scores = torch.cat([(globals_ @ key_directions + key_bias).float(), scores_patches], dim=1) / math.sqrt(dh)  # (B, G + N, H)
+        weights = torch.softmax(scores, dim=1)
+        kept = dropout(weights, self.dropout, self.training).to(patches.dtype)
+        g = globals_.shape[1]
+        pooled = kept[:, :g].transpose(1, 2) @ globals_ + kept[:, g:].transpose(1, 2) @ patches  # (B, H, d): per head, the weighted mean input
+        out = torch.einsum("hcd,bhd->bhc", w_v.view(h, dh, d), pooled) + b_v.view(h, dh) * kept.sum(1)[..., None]  # (B, H, dh)
+        return self.proj(out.reshape(b, 1, d)), weights.transpose(1, 2)
+
+
+class FullAttention(_Projections):
+    """Every token attends to every token, on `scaled_dot_product_attention`; O(T²)."""
+
+    def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, G, d), (B, N, d) → the attended global and patch tokens, same shapes."""
+        x = torch.cat([globals_, patches], dim=1)
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B, H, T, dh)
+        q, k, v = (_by_head(part, self.n_heads) for part in self.qkv(x).split(d, dim=-1))  # each (B, H, T, dh)
         # without padding, no mask: SDPA can then use its fused, memory-efficient kernels (no T x T matrix)
-        attn_mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]  # (B, 1, 1, T), True = attend
+        attn_mask = None if bool(patch_mask.all()) else _key_mask(globals_, patch_mask)[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         out = self.proj(out.transpose(1, 2).reshape(b, t, d))
-        return out, class_token_attention(q, k, key_mask) if return_cls_attention else None
+        g = globals_.shape[1]
+        return out[:, :g], out[:, g:]
+
+    def operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> AttentionOperator:
+        x = torch.cat([globals_, patches], dim=1)
+        q, k, _ = self.qkv(x).detach().split(x.shape[-1], dim=-1)
+        return AttentionOperator(q, k, _key_mask(globals_, patch_mask), self.n_heads, 0)
+
+
+class BipartiteAttention(_Projections):
+    """Global tokens attend to every token; each patch token to the global tokens and itself: O(N·G)."""
+
+    def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, G, d), (B, N, d) → the attended global and patch tokens, same shapes."""
+        b, n, d = patches.shape
+        h, dh, p = self.n_heads, self.head_dim, self.dropout if self.training else 0.0
+        q_g, k_g, v_g = self.qkv(globals_).split(d, dim=-1)  # each (B, G, d)
+        q_p, k_p, v_p = self.qkv(patches).split(d, dim=-1)  # each (B, N, d)
+        out_g, _ = _global_row_attention(q_g, k_g, v_g, k_p, v_p, patch_mask, h, p, self.training)
+        weights = dropout(_patch_row_weights(q_p, k_p, k_g, h), p, self.training).to(v_p.dtype)  # (B, N, H, G + 1)
+        g = globals_.shape[1]
+        from_globals = weights[..., :g].reshape(b, n, h * g) @ _block_diagonal(v_g, h, heads_first=False)  # (B, N, d)
+        own = (weights[..., g:] * v_p.view(b, n, h, dh)).view(b, n, d)
+        return self.proj(out_g), self.proj(from_globals + own)
+
+    def operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> AttentionOperator:
+        q, k, _ = self.qkv(torch.cat([globals_, patches], dim=1)).detach().split(patches.shape[-1], dim=-1)
+        return AttentionOperator(q, k, _key_mask(globals_, patch_mask), self.n_heads, globals_.shape[1])
+
+
+def _key_mask(globals_: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
+    """(B, G + N): True for the global tokens and the real patches."""
+    return torch.cat([torch.ones(globals_.shape[:2], dtype=torch.bool, device=patch_mask.device), patch_mask], dim=1)
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm Transformer encoder block: attention and MLP, each with a residual.
+    """Pre-norm Transformer encoder block over global and patch tokens: attention and MLP, each with a residual.
 
-    ``n_global > 0`` switches to `BipartiteAttention` (linear in the number of patches), with the
-    first ``n_global`` tokens global.
+    ``bipartite=True`` uses `BipartiteAttention` (linear in the number of patches), else
+    `FullAttention`. Norms and MLP act on each token alone, so they run on each stream apart.
     """
 
-    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float, dropout: float, n_global: int = 0):
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float, dropout: float, bipartite: bool = False):
         super().__init__()
-        self.n_global = n_global
         self.norm1 = nn.LayerNorm(d_model)
-        self.attn = BipartiteAttention(d_model, n_heads, dropout) if n_global else SelfAttention(d_model, n_heads, dropout)
+        self.attn = (BipartiteAttention if bipartite else FullAttention)(d_model, n_heads, dropout)
         self.norm2 = nn.LayerNorm(d_model)
         hidden = int(d_model * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_model))
-        self.drop = nn.Dropout(dropout)
+        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, d_model))
+        self.drop = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, return_cls_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.n_global:
-            attended, cls_attention = self.attn(self.norm1(x), key_mask, self.n_global, return_cls_attention)
-        else:
-            attended, cls_attention = self.attn(self.norm1(x), key_mask, return_cls_attention)
-        x = x + self.drop(attended)
-        x = x + self.drop(self.mlp(self.norm2(x)))
-        return x, cls_attention
+    def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """globals_ (B, G, d), patches (B, N, d), patch_mask (B, N) → updated globals_ and patches."""
+        attended_g, attended_p = self.attn(self.norm1(globals_), self.norm1(patches), patch_mask)
+        globals_, patches = globals_ + self.drop(attended_g), patches + self.drop(attended_p)
+        return globals_ + self.drop(self.mlp(self.norm2(globals_))), patches + self.drop(self.mlp(self.norm2(patches)))
+
+    def forward_class_token(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only the class token's (the first global token's) output (B, 1, d), and its attention
+        over all tokens [globals, patches] (B, H, G + N). A classifier's last block needs nothing else."""
+        attended, attention = self.attn.forward_class_token(self.norm1(globals_), self.norm1(patches), patch_mask)
+        cls = globals_[:, :1] + self.drop(attended)
+        return cls + self.drop(self.mlp(self.norm2(cls))), attention
+
+    def attention_operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> AttentionOperator:
+        """The attention this block applies to its input, for attention rollout."""
+        return self.attn.operator(self.norm1(globals_), self.norm1(patches), patch_mask)
 
 
-class BipartiteAttention(nn.Module):
-    """Attention that is linear in the number of patches.
+def attention_rollout(first_row_of_last_layer: torch.Tensor, earlier_layers: list[AttentionOperator]) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020) of the class token over all tokens: (B, T).
 
-    The first ``n_global`` tokens (class token and clinical fields) attend to every token; each
-    patch token attends to the global tokens and to itself only. The record and the image still
-    attend to each other in both directions, but patches do not attend to other patches, so cost
-    and memory grow as O(N * (1 + F)) instead of O(N^2).
+    Each layer's head-averaged attention A is mixed with the identity for the residual,
+    0.5·A + 0.5·I, and the layers are multiplied from the last to the first. Only the class
+    token's row is propagated, so each layer costs one `AttentionOperator.left_multiply`.
+    ``first_row_of_last_layer`` (B, T) is the last layer's head-averaged class-token attention.
     """
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.n_heads, self.head_dim = n_heads, d_model // n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
-        self.dropout = dropout
-
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor, n_global: int, return_cls_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # each (B, H, T, dh)
-        scale = 1.0 / math.sqrt(self.head_dim)
-        # global tokens -> all tokens
-        attn_mask = None if bool(key_mask.all()) else key_mask[:, None, None, :]
-        out_global = F.scaled_dot_product_attention(q[:, :, :n_global], k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
-        # patch tokens -> global tokens and themselves
-        qp, kp, vp = q[:, :, n_global:], k[:, :, n_global:], v[:, :, n_global:]
-        shared = (qp @ k[:, :, :n_global].transpose(-1, -2)) * scale  # (B, H, N, G)
-        own = (qp * kp).sum(-1, keepdim=True) * scale  # (B, H, N, 1)
-        weights = torch.softmax(torch.cat([shared, own], dim=-1).float(), dim=-1).to(v.dtype)
-        if self.training and self.dropout > 0:
-            weights = F.dropout(weights, self.dropout)
-        out_patches = weights[..., :n_global] @ v[:, :, :n_global] + weights[..., n_global:] * vp
-        out = torch.cat([out_global, out_patches], dim=2)
-        out = self.proj(out.transpose(1, 2).reshape(b, t, d))
-        return out, class_token_attention(q, k, key_mask) if return_cls_attention else None
+    row = torch.zeros_like(first_row_of_last_layer, dtype=torch.float32)
+    row[:, 0] = 1.0
+    row = 0.5 * first_row_of_last_layer.float() + 0.5 * row
+    for layer in reversed(earlier_layers):
+        row = 0.5 * layer.left_multiply(row) + 0.5 * row
+    return row

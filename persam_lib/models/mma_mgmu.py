@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from persam_lib.models.layers import patch_embedding
-from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax
+from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax, single_attention_output
 from persam_lib.models.clinical import ClinicalTokenizer
 
 
@@ -63,7 +63,7 @@ class MMAMGMU(nn.Module):
         self.mgmu = MultiHeadGMU(d, heads=config.n_heads, head_dim=max(d // config.n_heads, 8))
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.n_heads * max(d // config.n_heads, 8), config.n_classes))
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
         patches = self.embed(batch.features)  # (B, N, d)
         fields = self.clinical(batch.codes, batch.values)  # (B, F, d)
         record = self.record_summary(fields.flatten(1))  # (B, d)
@@ -73,4 +73,4 @@ class MMAMGMU(nn.Module):
         field_attention = torch.softmax(field_scores.float(), dim=-1)
         record_attended = torch.einsum("bf,bfd->bd", field_attention.to(fields.dtype), fields)
         fused, _ = self.mgmu(image, record_attended + record)
-        return ModelOutput(logits=self.head(fused), patch_attention=patch_attention, field_attention=field_attention)
+        return single_attention_output(self.head(fused), patch_attention, field_attention)

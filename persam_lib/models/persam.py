@@ -1,9 +1,15 @@
 """PersAM (Takagi et al., arXiv 2206.03003): a Transformer over patch tokens and clinical-record tokens.
 
 The sequence is [class token, one token per clinical field, one token per patch]. Attention runs
-in both directions between all tokens, so the record can change what the model looks at and the
-image can change how the record is read. The attention of the class token over the patch tokens
-in the last layer is the attention map; it changes when the record changes.
+in both directions between the record and the image, so the record can change what the model looks
+at and the image can change how the record is read. The attention of the class token over the
+patch tokens in the last layer is the attention map (per head, and as attention rollout through all
+layers on request); it changes when the record changes.
+
+By default (``patch_attention="bipartite"``) patch tokens attend to the class and field tokens and
+to themselves but not to each other: cost and memory grow linearly with the bag, and the class
+token's map stays tied to each patch's own content. ``"full"`` lets every token attend to every
+token. The last block updates only the class token, as nothing else reaches the classifier.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput
 from persam_lib.models.clinical import ClinicalTokenizer
-from persam_lib.models.layers import TransformerBlock, patch_embedding
+from persam_lib.models.layers import TransformerBlock, attention_rollout, patch_embedding, renormalise
 
 
 class PersAM(nn.Module):
@@ -30,39 +36,42 @@ class PersAM(nn.Module):
         self.type_embed = nn.Parameter(torch.randn(3, d) * 0.02)  # class / clinical / patch token types
         if config.patch_attention not in ("full", "bipartite"):
             raise ValueError(f"patch_attention must be 'full' or 'bipartite', got '{config.patch_attention}'")
-        n_global = 1 + len(config.field_cardinalities) if config.patch_attention == "bipartite" else 0
-        self.blocks = nn.ModuleList(TransformerBlock(d, config.n_heads, config.mlp_ratio, config.dropout, n_global) for _ in range(config.n_layers))
+        bipartite = config.patch_attention == "bipartite"
+        self.blocks = nn.ModuleList(TransformerBlock(d, config.n_heads, config.mlp_ratio, config.dropout, bipartite) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.n_classes)
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        b, n, _ = batch.features.shape
-        patches = self.patch_embed(batch.features)  # (B, N, d)
+    def embed_tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global tokens [class, one per field] (B, 1 + F, d) and the patch tokens (B, N, d)."""
+        b = batch.features.shape[0]
+        patches = self.patch_embed(batch.features) + self.type_embed[2]  # (B, N, d)
         if self.position is not None:
             patches = patches + self.position(_normalised_positions(batch.coords, batch.patch_mask))
-        fields = self.clinical(batch.codes, batch.values)  # (B, F, d)
-        f = fields.shape[1]
-        tokens = torch.cat(
-            [self.cls_token.expand(b, -1, -1) + self.type_embed[0], fields + self.type_embed[1], patches + self.type_embed[2]], dim=1
-        )  # (B, 1 + F + N, d)
-        key_mask = torch.cat([torch.ones(b, 1 + f, dtype=torch.bool, device=tokens.device), batch.patch_mask], dim=1)
-        cls_attention = None
-        for i, block in enumerate(self.blocks):
-            last = i == len(self.blocks) - 1
-            if self.config.checkpoint_activations and self.training and not last:
-                tokens, _ = checkpoint(block, tokens, key_mask, use_reentrant=False)
+        fields = self.clinical(batch.codes, batch.values) + self.type_embed[1]  # (B, F, d)
+        return torch.cat([self.cls_token.expand(b, -1, -1) + self.type_embed[0], fields], dim=1), patches
+
+    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
+        f = len(self.config.field_cardinalities)
+        globals_, patches = self.embed_tokens(batch)
+        mask = batch.patch_mask
+        operators = []
+        for block in self.blocks[:-1]:
+            if rollout:
+                operators.append(block.attention_operator(globals_, patches, mask))
+            if self.config.checkpoint_activations and self.training:
+                globals_, patches = checkpoint(block, globals_, patches, mask, use_reentrant=False)
             else:
-                tokens, cls_attention = block(tokens, key_mask, return_cls_attention=last)
-        logits = self.head(self.norm(tokens[:, 0]))
-        assert cls_attention is not None
-        mean_attention = cls_attention.mean(1)  # (B, T), averaged over heads
-        field_attention = _renormalise(mean_attention[:, 1 : 1 + f])
-        patch_attention = _renormalise(mean_attention[:, 1 + f :])
-        return ModelOutput(logits=logits, patch_attention=patch_attention, field_attention=field_attention)
-
-
-def _renormalise(weights: torch.Tensor) -> torch.Tensor:
-    return weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+                globals_, patches = block(globals_, patches, mask)
+        # the last block updates the class token only: the head reads nothing else
+        cls, cls_attention = self.blocks[-1].forward_class_token(globals_, patches, mask)  # (B, 1, d), (B, H, 1 + F + N)
+        mean_attention = cls_attention.mean(1)  # (B, 1 + F + N), averaged over heads
+        return ModelOutput(
+            logits=self.head(self.norm(cls[:, 0])),
+            patch_attention=renormalise(mean_attention[:, 1 + f :]),
+            field_attention=renormalise(mean_attention[:, 1 : 1 + f]),
+            patch_attention_heads=renormalise(cls_attention[:, :, 1 + f :]),
+            patch_attention_rollout=renormalise(attention_rollout(mean_attention, operators)[:, 1 + f :]) if rollout else None,
+        )
 
 
 def _normalised_positions(coords: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

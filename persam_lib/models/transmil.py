@@ -11,7 +11,7 @@ from torch import nn
 
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput
 from persam_lib.models.grid import scatter_to_grid, gather_from_grid
-from persam_lib.models.layers import TransformerBlock, patch_embedding
+from persam_lib.models.layers import TransformerBlock, attention_rollout, patch_embedding, renormalise
 
 
 class PPEG(nn.Module):
@@ -37,15 +37,21 @@ class TransMIL(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, config.n_classes)
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
         b = batch.features.shape[0]
+        mask = batch.patch_mask
         patches = self.embed(batch.features)  # (B, N, d)
-        key_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=patches.device), batch.patch_mask], dim=1)
-        tokens = torch.cat([self.cls_token.expand(b, -1, -1), patches], dim=1)
-        tokens, _ = self.layer1(tokens, key_mask)
-        grid, index = scatter_to_grid(tokens[:, 1:], batch.coords, batch.patch_mask)  # (B, d, H, W)
-        tokens = torch.cat([tokens[:, :1], gather_from_grid(self.ppeg(grid), index, batch.patch_mask)], dim=1)
-        tokens, cls_attention = self.layer2(tokens, key_mask, return_cls_attention=True)
-        patch_attention = cls_attention.mean(1)[:, 1:]
-        patch_attention = patch_attention / patch_attention.sum(-1, keepdim=True).clamp_min(1e-12)
-        return ModelOutput(logits=self.head(self.norm(tokens[:, 0])), patch_attention=patch_attention)
+        cls = self.cls_token.expand(b, -1, -1)  # (B, 1, d)
+        first_layer = self.layer1.attention_operator(cls, patches, mask) if rollout else None
+        cls, patches = self.layer1(cls, patches, mask)
+        grid, index = scatter_to_grid(patches, batch.coords, mask)  # (B, d, H, W)
+        patches = gather_from_grid(self.ppeg(grid), index, mask)
+        cls, cls_attention = self.layer2.forward_class_token(cls, patches, mask)  # the head reads the class token only
+        mean_attention = cls_attention.mean(1)  # (B, 1 + N)
+        return ModelOutput(
+            logits=self.head(self.norm(cls[:, 0])),
+            patch_attention=renormalise(mean_attention[:, 1:]),
+            patch_attention_heads=renormalise(cls_attention[:, :, 1:]),
+            # the position encoding's convolution is not attention: rollout passes through it unchanged
+            patch_attention_rollout=renormalise(attention_rollout(mean_attention, [first_layer])[:, 1:]) if first_layer is not None else None,
+        )
