@@ -61,32 +61,46 @@ def _import_features(args: argparse.Namespace) -> int:
     return 1 if summary.failed or summary.missing else 0
 
 
+def _train_config(args: argparse.Namespace, **fixed) -> TrainConfig:
+    """TrainConfig from the shortcut flags, then ``--config FILE.yaml``, then ``--set NAME=VALUE``."""
+    from persam_lib.options import configure
+
+    base = TrainConfig(n_folds=args.folds, epochs=args.epochs, seed=args.seed, device=args.device, **fixed)
+    return configure(base, args.config, args.set)
+
+
 def _train(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
-    from persam_lib.train.loop import TrainConfig
+    from persam_lib.train.distributed import distributed_session
     from persam_lib.train.run import train_cross_validated
 
     cohort = load_manifest(args.manifest)
-    config = TrainConfig(model=args.model, n_folds=args.folds, epochs=args.epochs, seed=args.seed, device=args.device)
-    run = train_cross_validated(cohort, args.features, args.out, config)
-    overall = run.metrics["overall"]
-    print(
-        f"train {args.model}: balanced accuracy {overall['balanced_accuracy']:.3f} "
-        f"[{overall['balanced_accuracy_low']:.3f}, {overall['balanced_accuracy_high']:.3f}], AUROC {overall['auroc']:.3f}; run in {run.path}"
-    )
+    config = _train_config(args, model=args.model)
+    with distributed_session() as distributed:
+        run = train_cross_validated(cohort, args.features, args.out, config, distributed=distributed)
+        if distributed.is_main:
+            overall = run.metrics["overall"]
+            print(
+                f"train {config.model}: balanced accuracy {overall['balanced_accuracy']:.3f} "
+                f"[{overall['balanced_accuracy_low']:.3f}, {overall['balanced_accuracy_high']:.3f}], AUROC {overall['auroc']:.3f}; run in {run.path}"
+            )
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
+    from persam_lib.train.distributed import distributed_session
     from persam_lib.train.run import compare_models
 
     cohort = load_manifest(args.manifest)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    table = compare_models(cohort, args.features, args.out, models, TrainConfig(n_folds=args.folds, epochs=args.epochs, seed=args.seed, device=args.device), workers=args.workers)
-    columns = [c for c in ("model", "balanced_accuracy", "balanced_accuracy_low", "balanced_accuracy_high", "auroc", "accuracy_regions_disagree") if c in table]
-    print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"compare: {len(models)} model(s) on identical folds -> {Path(args.out) / 'comparison.csv'}")
+    config = _train_config(args)
+    with distributed_session() as distributed:
+        table = compare_models(cohort, args.features, args.out, models, config, workers=args.workers, distributed=distributed)
+        if distributed.is_main:
+            columns = [c for c in ("model", "balanced_accuracy", "balanced_accuracy_low", "balanced_accuracy_high", "auroc", "accuracy_regions_disagree") if c in table]
+            print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            print(f"compare: {len(models)} model(s) on identical folds -> {Path(args.out) / 'comparison.csv'}")
     return 0
 
 
@@ -122,6 +136,15 @@ def _features_of(run) -> str:
     if not features:
         raise FileNotFoundError(f"{run.path}: the run does not record its features directory; pass --features DIR")
     return features
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--folds", type=int, default=TrainConfig.n_folds)
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--config", type=Path, help="YAML file of training options (any TrainConfig field, e.g. 'lr: 0.001')")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="set a training option, e.g. --set label_smoothing=0.2 --set dropout=0.25 (repeatable; after --config)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,15 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="features directory to fill")
     p.set_defaults(func=_import_features)
 
-    p = sub.add_parser("train", help="patient-level cross-validated training into a run directory (resumable)")
+    p = sub.add_parser("train", help="patient-level cross-validated training into a run directory (resumable; torchrun for several GPUs)")
     p.add_argument("manifest", type=Path)
     p.add_argument("--features", type=Path, required=True)
     p.add_argument("--model", default="persam")
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    _add_training_options(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("compare", help="train several models on identical folds and write one comparison table")
@@ -177,10 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=Path, required=True)
     p.add_argument("--models", required=True, help="comma-separated, e.g. persam,mma_mgmu,chexradinet,abmil,transmil,concat,clinical_only")
     p.add_argument("--out", type=Path, required=True, help="one run directory per model goes here, plus comparison.csv")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    _add_training_options(p)
     p.add_argument("--workers", type=int, default=1, help="train models in N parallel processes (CPU)")
     p.set_defaults(func=_compare)
 

@@ -121,3 +121,36 @@ def test_training_resumes_and_is_deterministic(tiny_cohort, tiny_features, tmp_p
     pd.testing.assert_frame_equal(again.predictions, b.predictions)
     with pytest.raises(ValueError, match="different configuration"):
         train_cross_validated(tiny_cohort, tiny_features, tmp_path / "a", TrainConfig(model="abmil", n_folds=2), progress=False)
+
+
+class _Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def test_an_interrupted_fold_resumes_from_its_last_finished_epoch(tiny_cohort, tiny_features, tmp_path, monkeypatch):
+    from persam_lib.train import loop
+    from persam_lib.train.run import train_cross_validated
+
+    config = TrainConfig(model="persam", n_folds=2, epochs=4, patience=4, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1)  # dropout on: RNG state matters
+    whole = train_cross_validated(tiny_cohort, tiny_features, tmp_path / "whole", config, progress=False)
+    real_save = loop._LoopState.save
+    saved_epochs, armed = [], [True]
+
+    def save_then_die(self, *args):
+        real_save(self, *args)
+        saved_epochs.append(self.epoch)
+        if armed[0] and len(saved_epochs) == 2:
+            armed[0] = False
+            raise _Killed  # killed right after epoch 2 of fold 0 was saved
+
+    monkeypatch.setattr(loop._LoopState, "save", save_then_die)
+    with pytest.raises(_Killed):
+        train_cross_validated(tiny_cohort, tiny_features, tmp_path / "cut", config, progress=False)
+    fold0 = tmp_path / "cut" / "fold_0"
+    assert (fold0 / "resume.pt").is_file() and not (fold0 / "checkpoint.pt").exists()
+    saved_epochs.clear()
+    resumed = train_cross_validated(tiny_cohort, tiny_features, tmp_path / "cut", config, progress=False)
+    assert saved_epochs[:2] == [3, 4]  # fold 0 went on from epoch 3, not from scratch
+    pd.testing.assert_frame_equal(resumed.predictions, whole.predictions)  # and ended where the uninterrupted run did
+    pd.testing.assert_frame_equal(pd.read_csv(fold0 / "history.csv"), pd.read_csv(tmp_path / "whole" / "fold_0" / "history.csv"))
+    assert not list((tmp_path / "cut").glob("fold_*/resume.pt"))

@@ -25,7 +25,8 @@ from persam_lib.models.clinical import RecordEncoder
 from persam_lib.train.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
 from persam_lib.train.data import Bag, FeatureNormaliser, load_bags
 from persam_lib.train.folds import make_folds, split_validation
-from persam_lib.train.loop import TrainConfig, evaluate, fit, resolve_device
+from persam_lib.train.distributed import Distributed
+from persam_lib.train.loop import TrainConfig, evaluate, fit
 from persam_lib.train.metrics import summarise
 
 
@@ -65,30 +66,44 @@ class Run:
         return load_checkpoint(self.path / f"fold_{fold}" / "checkpoint.pt", device=device)
 
 
-def train_cross_validated(cohort: Cohort, features_dir: str | Path, out_dir: str | Path, config: TrainConfig = TrainConfig(), *, progress: bool = True) -> Run:
-    """Train ``config.model`` with patient-level stratified k-fold CV; every patient is predicted once."""
+def train_cross_validated(
+    cohort: Cohort, features_dir: str | Path, out_dir: str | Path, config: TrainConfig = TrainConfig(), *, progress: bool = True, distributed: Distributed = Distributed()
+) -> Run:
+    """Train ``config.model`` with patient-level stratified k-fold CV; every patient is predicted once.
+
+    Resumable at two levels: a finished fold (checkpoint and predictions written) is skipped, and
+    an interrupted fold continues from its last finished epoch (``fold_<k>/resume.pt``). Under
+    torchrun (``distributed``) every rank trains each fold on its share of the batches and rank 0
+    writes the files.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main
     previous = out_dir / "config.json"
-    if previous.is_file() and json.loads(previous.read_text()) != asdict(config):
+    if previous.is_file() and TrainConfig(**json.loads(previous.read_text())) != config:
         raise ValueError(f"{out_dir} holds a run with a different configuration. Use a new --out directory, or delete it to retrain.")
-    write_text_atomic(out_dir / "config.json", json.dumps(asdict(config), indent=2))
-    write_text_atomic(out_dir / "schema.json", json.dumps(cohort.schema.to_dict(), indent=2))
-    write_text_atomic(out_dir / "inputs.json", json.dumps({"manifest": str(cohort.manifest_path), "features_dir": str(Path(features_dir).resolve())}, indent=2))
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out_dir / "config.json", json.dumps(asdict(config), indent=2))
+        write_text_atomic(out_dir / "schema.json", json.dumps(cohort.schema.to_dict(), indent=2))
+        write_text_atomic(out_dir / "inputs.json", json.dumps({"manifest": str(cohort.manifest_path), "features_dir": str(Path(features_dir).resolve())}, indent=2))
 
     bags = load_bags(cohort, features_dir)
     patients = sorted({b.patient_id for b in bags})
     patient_labels = cohort.labels().loc[patients]
     folds = make_folds(patient_labels, config.n_folds, config.seed)
-    write_text_atomic(out_dir / "folds.csv", folds.rename_axis("patient_id").reset_index().to_csv(index=False))
+    if main:
+        write_text_atomic(out_dir / "folds.csv", folds.rename_axis("patient_id").reset_index().to_csv(index=False))
     records = cohort.records()
-    device = resolve_device(config.device)
+    device = distributed.device(config.device)
 
-    for fold in tqdm(range(config.n_folds), desc=f"train {config.model}", disable=not progress):
+    for fold in tqdm(range(config.n_folds), desc=f"train {config.model}", disable=not (progress and main)):
         fold_dir = out_dir / f"fold_{fold}"
+        distributed.barrier()  # every rank sees the same finished folds
         if (fold_dir / "checkpoint.pt").is_file() and (fold_dir / "predictions.csv").is_file():
             continue
-        fold_dir.mkdir(exist_ok=True)
+        if main:
+            fold_dir.mkdir(exist_ok=True)
+        distributed.barrier()
         torch.manual_seed(config.seed * 1000 + fold)
         test_ids = set(folds.index[folds == fold])
         train_ids, val_ids = split_validation(patient_labels[folds != fold], config.val_fraction, config.seed + fold)
@@ -99,18 +114,24 @@ def train_cross_validated(cohort: Cohort, features_dir: str | Path, out_dir: str
         model_config = ModelConfig(
             feature_dim=bags[0].features.shape[1], n_classes=len(cohort.schema.label.classes), field_cardinalities=encoder.cardinalities,
             d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers, dropout=config.dropout, use_position=config.use_position,
-            patch_attention=config.patch_attention,
+            patch_attention=config.patch_attention, checkpoint_activations=config.checkpoint_activations, radiomics_iterations=config.radiomics_iterations,
         )
         model = create_model(config.model, model_config)
-        model, history = fit(model, train_bags, val_bags, records, encoder, normaliser, config, model_config.n_classes)
-        probs = evaluate(model, test_bags, records, encoder, normaliser, device)
-        write_text_atomic(fold_dir / "history.csv", history.to_csv(index=False))
-        save_checkpoint(fold_dir / "checkpoint.pt", LoadedModel(config.model, model.cpu(), model_config, encoder, normaliser), extra={"fold": fold, "train_patients": train_ids, "val_patients": val_ids})
-        write_text_atomic(fold_dir / "predictions.csv", _prediction_table(test_bags, probs, fold, cohort.schema.label.classes).to_csv(index=False))
+        resume = fold_dir / "resume.pt"
+        model, history = fit(model, train_bags, val_bags, records, encoder, normaliser, config, model_config.n_classes, resume_path=resume, distributed=distributed)
+        if main:
+            probs = evaluate(model, test_bags, records, encoder, normaliser, device)
+            write_text_atomic(fold_dir / "history.csv", history.to_csv(index=False))
+            save_checkpoint(fold_dir / "checkpoint.pt", LoadedModel(config.model, model.cpu(), model_config, encoder, normaliser), extra={"fold": fold, "train_patients": train_ids, "val_patients": val_ids})
+            write_text_atomic(fold_dir / "predictions.csv", _prediction_table(test_bags, probs, fold, cohort.schema.label.classes).to_csv(index=False))
+            resume.unlink(missing_ok=True)
 
-    predictions = pd.concat([pd.read_csv(out_dir / f"fold_{k}" / "predictions.csv", dtype={"patient_id": str, "slide_id": str}) for k in range(config.n_folds)], ignore_index=True)
-    write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
-    write_text_atomic(out_dir / "metrics.json", json.dumps(run_metrics(predictions, cohort, config), indent=2))
+    distributed.barrier()
+    if main:
+        predictions = pd.concat([pd.read_csv(out_dir / f"fold_{k}" / "predictions.csv", dtype={"patient_id": str, "slide_id": str}) for k in range(config.n_folds)], ignore_index=True)
+        write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
+        write_text_atomic(out_dir / "metrics.json", json.dumps(run_metrics(predictions, cohort, config), indent=2))
+    distributed.barrier()
     return Run(out_dir)
 
 
@@ -173,11 +194,14 @@ def comparison_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare_models(cohort: Cohort, features_dir: str | Path, out_dir: str | Path, models: list[str], base: TrainConfig = TrainConfig(), *, progress: bool = True, workers: int = 1) -> pd.DataFrame:
+def compare_models(
+    cohort: Cohort, features_dir: str | Path, out_dir: str | Path, models: list[str], base: TrainConfig = TrainConfig(), *, progress: bool = True, workers: int = 1, distributed: Distributed = Distributed()
+) -> pd.DataFrame:
     """Train every model with identical folds (same seed, same patients) and write ``comparison.csv``.
 
     With ``workers > 1`` (CPU only) models train in parallel processes of one thread each, which
     uses a small machine better than one process with several threads for models this size.
+    Under torchrun (``distributed``) the models train one after the other, each on all ranks.
     """
     from concurrent.futures import ProcessPoolExecutor
     from dataclasses import replace
@@ -188,19 +212,22 @@ def compare_models(cohort: Cohort, features_dir: str | Path, out_dir: str | Path
     unknown = [m for m in models if m not in available_models()]
     if unknown:
         raise ValueError(f"Unknown model(s) {unknown}. Available models: {', '.join(available_models())}.")
+    if workers > 1 and distributed.enabled:
+        raise ValueError("compare --workers N runs one process per model; under torchrun every rank already trains each model, so use --workers 1")
     out_dir = Path(out_dir)
     jobs = [(cohort.manifest_path, str(features_dir), str(out_dir / m), replace(base, model=m)) for m in models]
-    if workers > 1 and resolve_device(base.device).type == "cpu":
+    if workers > 1 and distributed.device(base.device).type == "cpu":
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             list(pool.map(_train_job, jobs))
     else:
         for manifest, features, run_dir, config in jobs:
-            train_cross_validated(cohort, features, run_dir, config, progress=progress)
+            train_cross_validated(cohort, features, run_dir, config, progress=progress, distributed=distributed)
     runs = [Run(out_dir / m) for m in models]
     folds = [run.folds for run in runs]
     assert all(f.equals(folds[0]) for f in folds), "compare: runs were not trained on identical folds"
     table = comparison_table(runs)
-    write_text_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
+    if distributed.is_main:
+        write_text_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
     return table
 
 
