@@ -156,7 +156,7 @@ def persam_architecture(ax: Axes | None = None) -> Axes:
     box(5.4, 0.5, 2.2, 3.5, "Transformer encoder\n(L layers)\n\n[CLS] and fields attend\nto every token; patches\nattend to [CLS], fields\nand themselves:\nlinear in N", "#fff2cc")
     for y in (3.6, 2.3, 0.95):
         arrow(4.8, y, 5.4, y)
-    box(8.2, 2.9, 2.6, 1.1, "CLS attention over\npatches (last layer)\n= attention map", "#d9ead3")
+    box(8.2, 2.9, 2.6, 1.1, "CLS attention over\npatches = attention map\n(last layer; per head; rollout)", "#d9ead3")
     box(8.2, 1.4, 2.6, 1.0, "CLS → classifier\n→ subtype", "#d9ead3")
     box(8.2, 0.1, 2.6, 0.9, "change the record →\nthe map changes", "#ffffff", 8)
     arrow(7.6, 3.45, 8.2, 3.45)
