@@ -251,3 +251,26 @@ def test_attention_wirings_equal_a_dense_masked_softmax(bipartite):
     torch.testing.assert_close(cls[:, 0], dense[:, 0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(cls_attention, weights[:, :, 0], atol=1e-6, rtol=1e-4)
     assert (cls_attention[~real[:, None, :].expand_as(cls_attention)] == 0).all()
+
+
+@pytest.mark.parametrize("name,wiring", [(n, "bipartite") for n in available_models()] + [("persam", "full")])
+def test_one_bag_under_several_records_equals_the_bag_repeated(name, wiring):
+    """The explain path: a bag's image side computed once for K records gives the K-row result."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = create_model(name, replace(CONFIG, patch_attention=wiring)).eval()
+    full = _batch()
+    bag = Batch(full.features[1:2], full.patch_mask[1:2], full.coords[1:2], full.codes[1:2], full.values[1:2])  # the padded bag
+    codes = torch.tensor([[1, 1, 2], [1, 2, 3], [0, 0, 0], [1, 2, 1]])
+    values = torch.tensor([[0.5, 0, 0], [-1.0, 0, 0], [0, 0, 0], [2.0, 0, 0]])
+    shared = Batch(bag.features, bag.patch_mask, bag.coords, codes, values)
+    repeated = Batch(bag.features.expand(4, -1, -1), bag.patch_mask.expand(4, -1), bag.coords.expand(4, -1, -1), codes, values)
+    with torch.no_grad():
+        a, b = model(shared, rollout=True), model(repeated, rollout=True)
+    for field in ("logits", "patch_attention", "field_attention", "patch_attention_heads", "patch_attention_rollout"):
+        x, y = getattr(a, field), getattr(b, field)
+        assert (x is None) == (y is None), field
+        if x is not None:
+            assert x.shape == y.shape and x.shape[0] == 4, field
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)

@@ -35,4 +35,4 @@ class ABMIL(nn.Module):
 
     def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
         pooled, weights = self.pool(self.embed(batch.features), batch.patch_mask)
-        return single_attention_output(self.head(pooled), weights)
+        return single_attention_output(self.head(pooled), weights).expand(batch.n_rows)  # the record cannot change it

@@ -37,6 +37,11 @@ class Batch:
     coords (B, N, 2) long level-0 top-left; codes (B, F) long — category index + 1, or 1 for a
     present numeric value, 0 for missing; values (B, F) float — standardised numeric values, 0
     elsewhere.
+
+    *One bag under K records*: features, patch_mask and coords may hold a single bag (leading size
+    1) while codes and values hold K records. Every model then returns K rows, computing what does
+    not depend on the record (at least the patch embedding) once — how altered records are
+    explained without repeating the bag K times.
     """
 
     features: torch.Tensor
@@ -44,6 +49,11 @@ class Batch:
     coords: torch.Tensor
     codes: torch.Tensor
     values: torch.Tensor
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the output: the number of records (equal to the number of bags, or K for one shared bag)."""
+        return self.codes.shape[0]
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(*(t.to(device, non_blocking=True) for t in (self.features, self.patch_mask, self.coords, self.codes, self.values)))
@@ -69,6 +79,12 @@ class ModelOutput:
     field_attention: torch.Tensor | None = None
     patch_attention_heads: torch.Tensor | None = None
     patch_attention_rollout: torch.Tensor | None = None
+
+    def expand(self, rows: int) -> "ModelOutput":
+        """The same output repeated to ``rows`` rows (a view): what an image-only model returns for
+        one bag under several records, which cannot change its output."""
+        grow = lambda t: t if t is None or t.shape[0] == rows else t.expand(rows, *t.shape[1:])  # noqa: E731
+        return ModelOutput(*(grow(t) for t in (self.logits, self.patch_attention, self.field_attention, self.patch_attention_heads, self.patch_attention_rollout)))
 
 
 def single_attention_output(logits: torch.Tensor, attention: torch.Tensor, field_attention: torch.Tensor | None = None) -> ModelOutput:

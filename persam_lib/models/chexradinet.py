@@ -75,7 +75,7 @@ class ChexRadiNet(nn.Module):
             pooled = torch.einsum("bn,bnd->bd", attention.to(tokens.dtype), tokens)
             features = self._region_radiomics(attention.detach(), index, batch.patch_mask, intensity)
             guidance = self.guide(self.radiomics_norm(features))
-        return single_attention_output(self.head(torch.cat([pooled, guidance], dim=-1)), attention)
+        return single_attention_output(self.head(torch.cat([pooled, guidance], dim=-1)), attention).expand(batch.n_rows)  # the record cannot change it
 
     def _region_radiomics(self, attention: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
         """Radiomics of the top ``region_fraction`` of each bag's patches by attention."""

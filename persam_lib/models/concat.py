@@ -26,6 +26,7 @@ class ConcatFusion(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, config.n_classes))
 
     def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
-        pooled, weights = self.pool(self.embed(batch.features), batch.patch_mask)  # (B, d), (B, N)
+        pooled, weights = self.pool(self.embed(batch.features), batch.patch_mask)  # (B, d), (B, N); B = 1 for one shared bag
         record = self.record_mlp(self.clinical(batch.codes, batch.values).flatten(1))  # (B, d)
-        return single_attention_output(self.head(torch.cat([pooled, record], dim=-1)), weights)
+        rows = batch.n_rows
+        return single_attention_output(self.head(torch.cat([pooled.expand(rows, -1), record], dim=-1)), weights.expand(rows, -1))

@@ -100,11 +100,19 @@ def _block_diagonal(x: torch.Tensor, n_heads: int, heads_first: bool) -> torch.T
 
 def _patch_row_weights(q_patches: torch.Tensor, k_patches: torch.Tensor, k_global: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Bipartite wiring: each patch's attention over [the G global tokens, itself], (B, N, H, G + 1), float32."""
-    b, n, d = q_patches.shape
+    bp, n, d = q_patches.shape  # bp is 1 for one bag shared by several records (then B comes from k_global)
     g, dh = k_global.shape[1], d // n_heads
-    shared = (q_patches @ _block_diagonal(k_global, n_heads, heads_first=True)).view(b, n, n_heads, g)  # (B, N, H, G)
-    own = (q_patches.view(b, n, n_heads, dh) * k_patches.view(b, n, n_heads, dh)).sum(-1, keepdim=True)  # (B, N, H, 1)
-    return torch.softmax(torch.cat([shared, own], dim=-1).float() / math.sqrt(dh), dim=-1)
+    shared = q_patches @ _block_diagonal(k_global, n_heads, heads_first=True)  # (B, N, H*G)
+    shared = shared.view(shared.shape[0], n, n_heads, g)
+    own = (q_patches.view(bp, n, n_heads, dh) * k_patches.view(bp, n, n_heads, dh)).sum(-1, keepdim=True)  # (Bp, N, H, 1)
+    return _softmax_over_few(torch.cat([shared, own.expand(shared.shape[0], -1, -1, -1)], dim=-1).float() / math.sqrt(dh))
+
+
+def _softmax_over_few(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over a short last axis (a handful of tokens) as plain element-wise operations:
+    `torch.softmax` vectorises along that axis, which for 5-10 entries runs ~5x slower on CPU."""
+    exp = (scores - scores.amax(-1, keepdim=True).detach()).exp()  # the shift changes neither value nor gradient
+    return exp / exp.sum(-1, keepdim=True)
 
 
 def _global_row_attention(
@@ -112,18 +120,19 @@ def _global_row_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries q (B, Q, d) of global tokens attending to every token (globals, then patches).
 
-    Returns the output (B, Q, d) and the attention weights before dropout (B, H, Q, G + N).
+    Returns the output (B, Q, d) and the attention weights before dropout (B, H, Q, G + N). The
+    patches' keys and values may have batch size 1: one bag shared by B records.
     """
     b, n_queries, d = q.shape
     g, dh = k_global.shape[1], d // n_heads
-    queries = _block_diagonal(q, n_heads, heads_first=True)  # (B, d, H*Q)
-    scores_patches = (k_patches @ queries).float().masked_fill(~patch_mask[..., None], float("-inf"))  # (B, N, H*Q)
-    scores = torch.cat([(k_global @ queries).float(), scores_patches], dim=1) / math.sqrt(dh)  # (B, G + N, H*Q)
-    weights = torch.softmax(scores, dim=1)
+    queries = _block_diagonal(q, n_heads, heads_first=False)  # (B, H*Q, d); keys along the last axis below, so the softmax runs over contiguous memory
+    scores_patches = (queries @ k_patches.transpose(1, 2)).float().masked_fill(~patch_mask[:, None, :], float("-inf"))  # (B, H*Q, N)
+    scores = torch.cat([(queries @ k_global.transpose(1, 2)).float(), scores_patches], dim=2) / math.sqrt(dh)  # (B, H*Q, G + N)
+    weights = torch.softmax(scores, dim=-1)
     kept = dropout(weights, p, training).to(v_patches.dtype)
-    out = kept[:, :g].transpose(1, 2) @ v_global + kept[:, g:].transpose(1, 2) @ v_patches  # (B, H*Q, d): all heads against all heads
+    out = kept[..., :g] @ v_global + kept[..., g:] @ v_patches  # (B, H*Q, d): all heads against all heads
     out = torch.diagonal(out.view(b, n_heads, n_queries, n_heads, dh), dim1=1, dim2=3)  # (B, Q, dh, H): each head's own block
-    return out.permute(0, 1, 3, 2).reshape(b, n_queries, d), weights.view(b, g + k_patches.shape[1], n_heads, n_queries).permute(0, 2, 3, 1)
+    return out.permute(0, 1, 3, 2).reshape(b, n_queries, d), weights.view(b, n_heads, n_queries, g + k_patches.shape[1])
 
 
 @dataclass
@@ -184,21 +193,21 @@ class _Projections(nn.Module):
         q·(W_k x + b_k) = (W_kᵀ q)·x + q·b_k and Σ w (W_v x + b_v) = W_v (Σ w x) + b_v Σ w, so the
         patch side costs O(N·d·H), like attention pooling (ABMIL), instead of O(N·d²).
         """
-        b, n, d = patches.shape
+        b, (n, d) = globals_.shape[0], patches.shape[1:]  # patches may be one bag shared by the B records
         h, dh = self.n_heads, self.head_dim
         w_q, w_k, w_v = self.qkv.weight.split(d)  # each (d, d)
         b_q, b_k, b_v = self.qkv.bias.split(d)
         q = F.linear(globals_[:, :1], w_q, b_q).view(b, h, dh)  # (B, H, dh)
-        key_directions = torch.einsum("hcd,bhc->bdh", w_k.view(h, dh, d), q)  # (B, d, H)
-        key_bias = (b_k.view(h, dh) * q).sum(-1)[:, None]  # (B, 1, H)
-        scores_patches = (patches @ key_directions + key_bias).float().masked_fill(~patch_mask[..., None], float("-inf"))  # (B, N, H)
-        scores = torch.cat([(globals_ @ key_directions + key_bias).float(), scores_patches], dim=1) / math.sqrt(dh)  # (B, G + N, H)
-        weights = torch.softmax(scores, dim=1)
+        key_directions = torch.einsum("hcd,bhc->bhd", w_k.view(h, dh, d), q)  # (B, H, d)
+        key_bias = (b_k.view(h, dh) * q).sum(-1)[..., None]  # (B, H, 1)
+        scores_patches = (key_directions @ patches.transpose(1, 2) + key_bias).float().masked_fill(~patch_mask[:, None, :], float("-inf"))  # (B, H, N)
+        scores = torch.cat([(key_directions @ globals_.transpose(1, 2) + key_bias).float(), scores_patches], dim=2) / math.sqrt(dh)  # (B, H, G + N)
+        weights = torch.softmax(scores, dim=-1)
         kept = dropout(weights, self.dropout, self.training).to(patches.dtype)
         g = globals_.shape[1]
-        pooled = kept[:, :g].transpose(1, 2) @ globals_ + kept[:, g:].transpose(1, 2) @ patches  # (B, H, d): per head, the weighted mean input
-        out = torch.einsum("hcd,bhd->bhc", w_v.view(h, dh, d), pooled) + b_v.view(h, dh) * kept.sum(1)[..., None]  # (B, H, dh)
-        return self.proj(out.reshape(b, 1, d)), weights.transpose(1, 2)
+        pooled = kept[..., :g] @ globals_ + kept[..., g:] @ patches  # (B, H, d): per head, the weighted mean input
+        out = torch.einsum("hcd,bhd->bhc", w_v.view(h, dh, d), pooled) + b_v.view(h, dh) * kept.sum(-1)[..., None]  # (B, H, dh)
+        return self.proj(out.reshape(b, 1, d)), weights
 
 
 class FullAttention(_Projections):
@@ -206,7 +215,7 @@ class FullAttention(_Projections):
 
     def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, G, d), (B, N, d) → the attended global and patch tokens, same shapes."""
-        x = torch.cat([globals_, patches], dim=1)
+        x = torch.cat([globals_, _rows_of(patches, globals_)], dim=1)
         b, t, d = x.shape
         q, k, v = (_by_head(part, self.n_heads) for part in self.qkv(x).split(d, dim=-1))  # each (B, H, T, dh)
         # without padding, no mask: SDPA can then use its fused, memory-efficient kernels (no T x T matrix)
@@ -217,7 +226,7 @@ class FullAttention(_Projections):
         return out[:, :g], out[:, g:]
 
     def operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> AttentionOperator:
-        x = torch.cat([globals_, patches], dim=1)
+        x = torch.cat([globals_, _rows_of(patches, globals_)], dim=1)
         q, k, _ = self.qkv(x).detach().split(x.shape[-1], dim=-1)
         return AttentionOperator(q, k, _key_mask(globals_, patch_mask), self.n_heads, 0)
 
@@ -227,25 +236,34 @@ class BipartiteAttention(_Projections):
 
     def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, G, d), (B, N, d) → the attended global and patch tokens, same shapes."""
-        b, n, d = patches.shape
+        bp, n, d = patches.shape  # bp = 1 for one bag shared by all B records: its projections are computed once
+        b, g = globals_.shape[:2]
         h, dh, p = self.n_heads, self.head_dim, self.dropout if self.training else 0.0
         q_g, k_g, v_g = self.qkv(globals_).split(d, dim=-1)  # each (B, G, d)
-        q_p, k_p, v_p = self.qkv(patches).split(d, dim=-1)  # each (B, N, d)
+        q_p, k_p, v_p = self.qkv(patches).split(d, dim=-1)  # each (Bp, N, d)
         out_g, _ = _global_row_attention(q_g, k_g, v_g, k_p, v_p, patch_mask, h, p, self.training)
         weights = dropout(_patch_row_weights(q_p, k_p, k_g, h), p, self.training).to(v_p.dtype)  # (B, N, H, G + 1)
-        g = globals_.shape[1]
         from_globals = weights[..., :g].reshape(b, n, h * g) @ _block_diagonal(v_g, h, heads_first=False)  # (B, N, d)
-        own = (weights[..., g:] * v_p.view(b, n, h, dh)).view(b, n, d)
+        own = (weights[..., g:] * v_p.view(bp, n, h, dh)).view(b, n, d)
         return self.proj(out_g), self.proj(from_globals + own)
 
     def operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> AttentionOperator:
-        q, k, _ = self.qkv(torch.cat([globals_, patches], dim=1)).detach().split(patches.shape[-1], dim=-1)
+        d = patches.shape[-1]
+        q_g, k_g, _ = self.qkv(globals_).detach().split(d, dim=-1)
+        q_p, k_p, _ = self.qkv(patches).detach().split(d, dim=-1)  # once, also for one bag shared by several records
+        q = torch.cat([q_g, _rows_of(q_p, globals_)], dim=1)
+        k = torch.cat([k_g, _rows_of(k_p, globals_)], dim=1)
         return AttentionOperator(q, k, _key_mask(globals_, patch_mask), self.n_heads, globals_.shape[1])
 
 
 def _key_mask(globals_: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
     """(B, G + N): True for the global tokens and the real patches."""
-    return torch.cat([torch.ones(globals_.shape[:2], dtype=torch.bool, device=patch_mask.device), patch_mask], dim=1)
+    return torch.cat([torch.ones(globals_.shape[:2], dtype=torch.bool, device=patch_mask.device), _rows_of(patch_mask, globals_)], dim=1)
+
+
+def _rows_of(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` with as many rows as ``like`` (a view; for one bag shared by several records)."""
+    return x if x.shape[0] == like.shape[0] else x.expand(like.shape[0], *x.shape[1:])
 
 
 class TransformerBlock(nn.Module):

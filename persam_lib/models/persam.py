@@ -42,8 +42,11 @@ class PersAM(nn.Module):
         self.head = nn.Linear(d, config.n_classes)
 
     def embed_tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The global tokens [class, one per field] (B, 1 + F, d) and the patch tokens (B, N, d)."""
-        b = batch.features.shape[0]
+        """The global tokens [class, one per field] (B, 1 + F, d) and the patch tokens (B, N, d).
+
+        For one bag under B records the patch tokens are that bag's alone (1, N, d).
+        """
+        b = batch.n_rows
         patches = self.patch_embed(batch.features) + self.type_embed[2]  # (B, N, d)
         if self.position is not None:
             patches = patches + self.position(_normalised_positions(batch.coords, batch.patch_mask))

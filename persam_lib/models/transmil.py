@@ -38,7 +38,7 @@ class TransMIL(nn.Module):
         self.head = nn.Linear(d, config.n_classes)
 
     def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
-        b = batch.features.shape[0]
+        b = batch.features.shape[0]  # bags; for one bag under several records the output is repeated
         mask = batch.patch_mask
         patches = self.embed(batch.features)  # (B, N, d)
         cls = self.cls_token.expand(b, -1, -1)  # (B, 1, d)
@@ -54,4 +54,4 @@ class TransMIL(nn.Module):
             patch_attention_heads=renormalise(cls_attention[:, :, 1:]),
             # the position encoding's convolution is not attention: rollout passes through it unchanged
             patch_attention_rollout=renormalise(attention_rollout(mean_attention, [first_layer])[:, 1:]) if first_layer is not None else None,
-        )
+        ).expand(batch.n_rows)  # the record cannot change it

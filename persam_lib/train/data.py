@@ -73,3 +73,15 @@ def collate(features: list[np.ndarray], coords: list[np.ndarray], records: pd.Da
         xy[i, : len(c)] = c
     codes, values = encoder.encode(records)
     return Batch(torch.from_numpy(feats), torch.from_numpy(mask), torch.from_numpy(xy), codes, values)
+
+
+def collate_records(features: np.ndarray, coords: np.ndarray, records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser) -> Batch:
+    """One bag under several records (the rows of ``records``), the bag stored once (see `Batch`)."""
+    codes, values = encoder.encode(records)
+    return Batch(
+        torch.from_numpy(normaliser(features).astype(np.float32))[None],
+        torch.ones(1, len(features), dtype=torch.bool),
+        torch.from_numpy(np.asarray(coords, dtype=np.int64))[None],
+        codes,
+        values,
+    )
