@@ -13,7 +13,7 @@ def _edit_csv(path, row, column, value):
 
 def test_valid_manifest_loads(tiny_cohort):
     assert tiny_cohort.name == "demo"
-    assert tiny_cohort.schema.names == ["age", "sex", "site", "ldh"]
+    assert tiny_cohort.schema.names == ["age", "sex", "site", "ldh", "site_permuted"]
     assert len(tiny_cohort.slides) == 8 and tiny_cohort.slides["path"].map(lambda p: p.startswith("/")).all()
     assert set(tiny_cohort.labels()) <= {0, 1}
 
@@ -111,3 +111,23 @@ def test_template_manifest_is_valid_but_for_the_slides_it_awaits():
     assert all(p.field == "path" and "does not exist" in p.problem for p in problems)
     cohort = load_manifest(template, check_files=False)
     assert cohort.schema.label.classes == ("DLBCL", "FL") and len(cohort.slides) == 3
+
+
+def test_negative_control_is_the_source_field_permuted(cohort_copy):
+    import yaml
+
+    from persam_lib.cohort.manifest import load_manifest
+
+    manifest = cohort_copy / "manifest.yaml"
+    raw = yaml.safe_load(manifest.read_text())
+    assert raw["fields"]["site_permuted"]["permutation_of"] == "site"  # the demo cohort ships one
+    cohort = load_manifest(manifest)
+    site, control = cohort.clinical["site"], cohort.clinical["site_permuted"]
+    assert sorted(site) == sorted(control) and cohort.schema.negative_controls == ["site_permuted"]
+    assert load_manifest(manifest).clinical["site_permuted"].equals(control)  # the same permutation every time
+    raw["fields"]["ldh_permuted"] = {"type": "categorical", "values": ["x"], "permutation_of": "ldh"}
+    raw["fields"]["bad"] = {"type": "numeric", "permutation_of": "nothing"}
+    manifest.write_text(yaml.safe_dump(raw))
+    problems = "\n".join(str(p) for p in validate_manifest(manifest))
+    assert "field 'fields.ldh_permuted': a negative control must have the type of 'ldh' (numeric). Set `type: numeric`." in problems
+    assert "field 'fields.bad': 'permutation_of: nothing' must name another field" in problems

@@ -6,7 +6,9 @@ phenotype A or B. The categorical field ``site`` says which region decides the l
 the two regions disagree, so an image-only model can be right in at most ~75% of patients,
 while a model that reads the record can be right in all of them — and for every record we know
 which region its attention should be on. ``age`` and ``sex`` are noise; ``ldh`` is weakly
-informative (higher on average in subtype B), with some values missing.
+informative (higher on average in subtype B), with some values missing. ``site_permuted`` is a
+negative control: ``site``'s values permuted across patients (made by the manifest loader, see
+``permutation_of``), so it has site's distribution and none of its meaning.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from persam_lib.slides.tiff_writer import write_pyramidal_tiff
 
 DECIDING_FIELD = "site"
 DIAGNOSTIC_REGION = {"nodal": "nodular", "extranodal": "diffuse"}
+NOISE_FIELDS = ("age", "sex")  # drawn independently of everything else
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
         "labels": REGION_LABELS,
         "deciding_field": DECIDING_FIELD,
         "diagnostic_region": DIAGNOSTIC_REGION,
+        "noise_fields": list(NOISE_FIELDS),
         "regions": "regions.csv",
     }
     write_text_atomic(out / "truth" / "truth.yaml", yaml.safe_dump(truth, sort_keys=False))
@@ -101,6 +105,7 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
             "sex": {"type": "categorical", "values": ["F", "M"]},
             "site": {"type": "categorical", "values": ["nodal", "extranodal"]},
             "ldh": {"type": "numeric", "min": 50, "max": 3000, "unit": "U/L"},
+            "site_permuted": {"type": "categorical", "values": ["nodal", "extranodal"], "permutation_of": "site"},
         },
         "truth": "truth/truth.yaml",
     }

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -181,20 +182,32 @@ def _parse_schema(path: Path, raw: dict[str, Any]) -> tuple[FieldSchema | None, 
             if not isinstance(spec, dict) or spec.get("type") not in ("numeric", "categorical"):
                 problems.append(Problem(path, "needs `type: numeric` or `type: categorical`", "Set the field's type.", field=where))
                 continue
-            known = {"type", "values", "min", "max", "unit", "identifying"}
+            known = {"type", "values", "min", "max", "unit", "identifying", "permutation_of"}
             for key in set(spec) - known:
                 problems.append(Problem(path, f"unknown key '{key}'", f"Allowed keys are {sorted(known)}.", field=where))
+            source = spec.get("permutation_of")
+            if source is not None:
+                source_spec = fields_raw.get(source) if isinstance(fields_raw, dict) else None
+                if not isinstance(source_spec, dict) or source_spec.get("permutation_of") is not None:
+                    problems.append(Problem(path, f"'permutation_of: {source}' must name another field of the manifest (not a negative control itself)", f"Use one of {[n for n in fields_raw if n != name]}.", field=where))
+                    continue
+                if source_spec.get("type") != spec["type"]:
+                    problems.append(Problem(path, f"a negative control must have the type of '{source}' ({source_spec.get('type')})", f"Set `type: {source_spec.get('type')}`.", field=where))
+                    continue
+                if spec["type"] == "categorical" and [str(v) for v in source_spec.get("values") or []] != [str(v) for v in spec.get("values") or []]:
+                    problems.append(Problem(path, f"a negative control must have the values of '{source}' ({source_spec.get('values')})", "Copy the values list, in the same order.", field=where))
+                    continue
             if spec["type"] == "categorical":
                 values = spec.get("values")
                 if not isinstance(values, list) or len(values) < 1:
                     problems.append(Problem(path, "a categorical field needs a non-empty `values` list", "List the allowed values, e.g. `values: [F, M]`.", field=where))
                     continue
-                specs.append(FieldSpec(name=str(name), type="categorical", values=tuple(str(v) for v in values), unit=spec.get("unit"), identifying=bool(spec.get("identifying", False))))
+                specs.append(FieldSpec(name=str(name), type="categorical", values=tuple(str(v) for v in values), unit=spec.get("unit"), identifying=bool(spec.get("identifying", False)), permutation_of=source))
             else:
                 lo, hi = spec.get("min"), spec.get("max")
                 if lo is not None and hi is not None and float(lo) >= float(hi):
                     problems.append(Problem(path, f"min {lo} is not below max {hi}", "Fix the range.", field=where))
-                specs.append(FieldSpec(name=str(name), type="numeric", min=None if lo is None else float(lo), max=None if hi is None else float(hi), unit=spec.get("unit"), identifying=bool(spec.get("identifying", False))))
+                specs.append(FieldSpec(name=str(name), type="numeric", min=None if lo is None else float(lo), max=None if hi is None else float(hi), unit=spec.get("unit"), identifying=bool(spec.get("identifying", False)), permutation_of=source))
     if label is not None and label.column in [s.name for s in specs]:
         problems.append(Problem(path, f"the label column '{label.column}' is also listed as a field", "A field must not be the label; remove it from `fields`.", field="fields"))
     if problems or label is None:
@@ -251,7 +264,8 @@ def _read_clinical(csv_path: Path, schema: FieldSchema) -> tuple[pd.DataFrame | 
     table, problems = _read_csv(csv_path, "clinical")
     if table is None:
         return None, problems
-    needed = ["patient_id", *schema.names, schema.label.column]
+    read = [spec for spec in schema.fields if not spec.permutation_of]  # negative controls are made below, not read
+    needed = ["patient_id", *(spec.name for spec in read), schema.label.column]
     missing_cols = [c for c in needed if c not in table.columns]
     if missing_cols:
         return None, [Problem(csv_path, f"the column(s) {missing_cols} are missing", "Add them, or remove those fields from the manifest.", line=1)]
@@ -259,7 +273,7 @@ def _read_clinical(csv_path: Path, schema: FieldSchema) -> tuple[pd.DataFrame | 
         line = int(i) + 2
         if row["patient_id"].strip() == "":
             problems.append(Problem(csv_path, "'patient_id' is empty", "Fill in the patient id.", line=line, field="patient_id"))
-        for spec in schema.fields:
+        for spec in read:
             issue = spec.check(row[spec.name])
             if issue:
                 problems.append(Problem(csv_path, f"{issue} (patient '{row['patient_id']}')", _fix_hint(spec), line=line, field=spec.name))
@@ -274,12 +288,24 @@ def _read_clinical(csv_path: Path, schema: FieldSchema) -> tuple[pd.DataFrame | 
     if problems:
         return None, problems
     out = table[needed].copy()
-    for spec in schema.fields:
+    for spec in read:
         if spec.type == "numeric":
             out[spec.name] = pd.to_numeric(out[spec.name].replace("", None), errors="coerce").astype(float)
         else:
             out[spec.name] = out[spec.name].where(out[spec.name] != "", None)
-    return out.set_index("patient_id"), []
+    out = out.set_index("patient_id")
+    for position, spec in enumerate(schema.fields):
+        if spec.permutation_of:
+            out[spec.name] = permuted(out[spec.permutation_of], seed=position)
+    return out[[*schema.names, schema.label.column]], []
+
+
+def permuted(column: pd.Series, seed: int) -> pd.Series:
+    """A negative control: ``column``'s values permuted across patients (patients sorted by id first,
+    so the result depends on the cohort and ``seed``, not on the row order of the table)."""
+    ordered = column.sort_index()
+    shuffled = ordered.to_numpy()[np.random.default_rng(seed).permutation(len(ordered))]
+    return pd.Series(shuffled, index=ordered.index, name=column.name).reindex(column.index)
 
 
 def _fix_hint(spec: FieldSpec) -> str:

@@ -24,6 +24,7 @@ class FieldSpec:
     max: float | None = None
     unit: str | None = None
     identifying: bool = False  # identifying fields never reach the book
+    permutation_of: str | None = None  # a negative control: another field's values, permuted across patients
 
     def check(self, value: Any) -> str | None:
         """Return a sentence saying what is wrong with ``value`` for this field, or None.
@@ -79,6 +80,14 @@ class FieldSchema:
     def categorical(self) -> list[FieldSpec]:
         return [f for f in self.fields if f.type == "categorical"]
 
+    def numeric(self) -> list[FieldSpec]:
+        return [f for f in self.fields if f.type == "numeric"]
+
+    @property
+    def negative_controls(self) -> list[str]:
+        """Fields made by permuting another field across patients: a model should ignore them."""
+        return [f.name for f in self.fields if f.permutation_of]
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the same shape as the manifest's `fields` and `label` keys)."""
         return {
@@ -101,6 +110,7 @@ class FieldSchema:
                 max=spec.get("max"),
                 unit=spec.get("unit"),
                 identifying=bool(spec.get("identifying", False)),
+                permutation_of=spec.get("permutation_of"),
             )
             for name, spec in data["fields"].items()
         )

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from PIL import Image
+from scipy.stats import rankdata
 
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.explain.records import ORIGINAL
@@ -30,6 +31,7 @@ class GroundTruth:
     labels: dict[str, int]  # region name -> value in the mask
     deciding_field: str
     diagnostic_region: dict[str, str]  # value of the deciding field -> region name
+    noise_fields: tuple[str, ...] = ()  # fields known to carry no information (a null for attention shift)
 
     def mask(self, slide_id: str) -> np.ndarray:
         return np.asarray(Image.open(self.masks_dir / f"{slide_id}.png"))
@@ -49,6 +51,7 @@ def load_truth(cohort: Cohort) -> GroundTruth | None:
         labels={str(k): int(v) for k, v in raw["labels"].items()},
         deciding_field=str(raw["deciding_field"]),
         diagnostic_region={str(k): str(v) for k, v in raw["diagnostic_region"].items()},
+        noise_fields=tuple(str(f) for f in raw.get("noise_fields") or ()),
     )
 
 
@@ -58,12 +61,39 @@ def region_fractions(truth: GroundTruth, slide_id: str, coords: np.ndarray, patc
     return {name: mask_fraction(mask == value, truth.mask_downsample, coords, patch_size) for name, value in truth.labels.items() if name not in ("background", "tissue")}
 
 
-def truth_scores(attention: pd.DataFrame, cohort: Cohort, truth: GroundTruth) -> pd.DataFrame:
-    """Per slide and record: the diagnostic region under that record and the attention mass inside it.
+def patch_auroc(attention: np.ndarray, inside: np.ndarray) -> float:
+    """AUROC of attention as a score for "this patch lies in the region" (fraction >= 0.5); NaN when
+    all patches are on one side. 0.5 = attention says nothing about the region; ties count half."""
+    positive = np.asarray(inside) >= 0.5
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(attention)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
-    Columns: slide_id, record, deciding_value, diagnostic_region, mass_diagnostic, mass_other_region,
-    uniform_diagnostic (the mass a uniform map would put there: the baseline to beat), and
-    ``mass_<region>`` for every region kind, so later comparisons need no second pass over masks.
+
+def with_baselines(attention: pd.DataFrame, column: str = "attention", seed: int = 0) -> pd.DataFrame:
+    """The attention table with two baseline maps beside ``column``: ``uniform`` (every patch the
+    same) and ``random`` (the map's own values dealt to the slide's patches at random: as
+    concentrated as the model, placed by chance)."""
+    rng = np.random.default_rng(seed)
+    out = attention.copy()
+    sizes = out.groupby(["slide_id", "record"], sort=False)[column].transform("size")
+    out["uniform"] = 1.0 / sizes
+    shuffled = out[column].to_numpy().copy()
+    for index in out.groupby(["slide_id", "record"], sort=False).indices.values():
+        shuffled[index] = rng.permutation(shuffled[index])
+    out["random"] = shuffled
+    return out
+
+
+def truth_scores(attention: pd.DataFrame, cohort: Cohort, truth: GroundTruth, column: str = "attention") -> pd.DataFrame:
+    """Per slide and record: the diagnostic region under that record and how the map ``column`` meets it.
+
+    Columns: slide_id, record, deciding_value, diagnostic_region, mass_diagnostic (attention mass
+    inside the diagnostic region), auroc (`patch_auroc` for that region), mass_other_region,
+    uniform_diagnostic (the mass a uniform map would put there), and ``mass_<region>`` for every
+    region kind, so later comparisons need no second pass over masks.
     """
     records = cohort.records()
     patients = cohort.slides.set_index("slide_id")["patient_id"]
@@ -78,7 +108,7 @@ def truth_scores(attention: pd.DataFrame, cohort: Cohort, truth: GroundTruth) ->
             value = _deciding_value(record, truth.deciding_field, original_value)
             region = truth.region_for(value)
             weights = np.zeros(len(coords))
-            weights[[key[xy] for xy in map(tuple, part[["x", "y"]].to_numpy())]] = part["attention"].to_numpy()
+            weights[[key[xy] for xy in map(tuple, part[["x", "y"]].to_numpy())]] = part[column].to_numpy()
             mass = {name: float(weights @ fraction) for name, fraction in fractions.items()}
             rows.append(
                 {
@@ -87,6 +117,7 @@ def truth_scores(attention: pd.DataFrame, cohort: Cohort, truth: GroundTruth) ->
                     "deciding_value": value,
                     "diagnostic_region": region,
                     "mass_diagnostic": mass[region],
+                    "auroc": patch_auroc(weights, fractions[region]),
                     "mass_other_region": sum(m for name, m in mass.items() if name != region),
                     "uniform_diagnostic": float(fractions[region].mean()),
                     **{f"mass_{name}": m for name, m in mass.items()},
