@@ -32,7 +32,8 @@ def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
 
 
 def print_table(title: str, rows: list[Row]) -> None:
+    width = max([58] + [len(r.name) for r in rows])
     print(f"\n{title}")
-    print(f"{'measure':<58} {'value':>12} {'reference':>12} {'ratio':>7}  goal")
+    print(f"{'measure':<{width}} {'value':>12} {'reference':>12} {'ratio':>7}  goal")
     for r in rows:
-        print(f"{r.name:<58} {r.value:>10.1f} {r.unit:<1} {r.reference:>10.1f} {r.unit:<1} {r.ratio:>7.2f}  {r.goal}")
+        print(f"{r.name:<{width}} {r.value:>10.2f} {r.unit:<1} {r.reference:>10.2f} {r.unit:<1} {r.ratio:>7.2f}  {r.goal}")

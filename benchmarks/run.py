@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_extract, bench_models
+from benchmarks import bench_explain, bench_extract, bench_models
 from benchmarks.common import print_table
 
 BENCHMARKS = {
     "extract": (bench_extract, "feature extraction (one core per process)"),
     "models": (bench_models, "models: training step against bag size"),
+    "explain": (bench_explain, "explain: altered records and heatmaps"),
 }
 
 

@@ -106,17 +106,37 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
-    from persam_lib.explain.attention import explain_run, write_table
-    from persam_lib.explain.records import parse_alteration
+    from persam_lib.explain.attention import ExplainConfig, explain_run, write_table
+    from persam_lib.explain.records import alterations_from_yaml, parse_alteration
+    from persam_lib.explain.report import example_slides, explanation_report, null_fields_of, write_figures, write_metrics
+    from persam_lib.explain.truth import load_truth
     from persam_lib.train.run import Run
 
     cohort = load_manifest(args.manifest)
     run = Run(args.run_dir)
-    alterations = [parse_alteration(text, cohort.schema) for text in args.alter] if args.alter else None
+    alterations = [parse_alteration(text, cohort.schema) for text in args.alter]
+    if args.alterations:
+        alterations += alterations_from_yaml(args.alterations, cohort.schema)
+    quantiles = tuple(float(q) for q in args.quantiles.split(",") if q.strip())
+    truth = load_truth(cohort)
+    nulls = null_fields_of(cohort, truth, args.null_field)  # checked before the long part
+    if args.out.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{args.out}: the attention table must end in .csv or .parquet")
+    if args.metrics is not None and args.metrics.suffix != ".json":
+        raise ValueError(f"{args.metrics}: the metrics file must end in .json")
     features = args.features or _features_of(run)
-    explanation = explain_run(run, cohort, features, alterations)
+    explanation = explain_run(run, cohort, features, alterations or None, ExplainConfig(quantiles=quantiles, per_head=args.per_head))
     write_table(explanation.attention, args.out)
     print(f"explain: {explanation.attention['slide_id'].nunique()} slide(s), {explanation.attention['record'].nunique()} record(s) -> {args.out}")
+    if args.metrics or args.figures:
+        report = explanation_report(explanation, cohort, truth, nulls)
+        if args.metrics:
+            write_metrics([report], args.metrics)
+            print(f"explain: shift, null tests{' and ground truth' if truth else ''} -> {args.metrics}")
+        if args.figures:
+            slides = [s.strip() for s in args.slides.split(",")] if args.slides else example_slides(cohort, args.figure_slides, truth)
+            written = write_figures(explanation, cohort, features, args.figures, slides, truth)
+            print(f"explain: {len(written)} figure(s) -> {args.figures}")
     return 0
 
 
@@ -201,12 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="train models in N parallel processes (CPU)")
     p.set_defaults(func=_compare)
 
-    p = sub.add_parser("explain", help="patch attention under the original and altered records")
+    p = sub.add_parser("explain", help="patch attention under the original and altered records, shift and ground-truth metrics, figures")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--features", type=Path, help="features directory (default: the one the run was trained on)")
-    p.add_argument("--alter", action="append", metavar="FIELD=VALUE", help="an alteration (repeatable; join edits with ';'); default: every categorical field to each other value")
-    p.add_argument("--out", type=Path, required=True, help="output table, .csv or .parquet")
+    p.add_argument("--alter", action="append", default=[], metavar="FIELD=VALUE", help="an alteration (repeatable; join edits with ';'); default: every categorical field to each other value, every numeric field to the --quantiles")
+    p.add_argument("--alterations", type=Path, help="YAML file listing alterations (several edits each), added to --alter")
+    p.add_argument("--quantiles", default="0.1,0.5,0.9", help="cohort quantiles numeric fields are set to by default (comma-separated)")
+    p.add_argument("--per-head", action="store_true", help="add one attention column per head")
+    p.add_argument("--null-field", action="append", default=[], metavar="FIELD", help="a field the model should ignore, for the null test (besides negative controls and the ground truth's noise fields)")
+    p.add_argument("--out", type=Path, required=True, help="attention table, .csv or .parquet")
+    p.add_argument("--metrics", type=Path, help="write shift, null-test and ground-truth tables to this .json file")
+    p.add_argument("--figures", type=Path, help="write heatmaps and small multiples (PNG) into this folder")
+    p.add_argument("--slides", help="comma-separated slide ids for --figures (default: --figure-slides examples)")
+    p.add_argument("--figure-slides", type=int, default=4, help="how many example slides --figures draws")
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("book", help="execute every notebook with papermill and build the Jupyter Book")

@@ -19,8 +19,16 @@ def test_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "attention.csv"
     assert main(["explain", str(tmp_path / "run"), "--manifest", str(manifest), "--alter", "site=nodal", "--alter", "sex=F;age=30", "--out", str(out)]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["slide_id", "x", "y", "size", "record", "attention"]
+    assert list(table.columns)[:6] == ["slide_id", "x", "y", "size", "record", "attention"]
     assert set(table["record"]) == {"original", "site=nodal", "sex=F;age=30"}
+    metrics, figures = tmp_path / "metrics.json", tmp_path / "figures"
+    args = ["explain", str(tmp_path / "run"), "--manifest", str(manifest), "--out", str(tmp_path / "all.parquet"), "--metrics", str(metrics), "--figures", str(figures), "--figure-slides", "1"]
+    assert main(args) == 0
+    assert {"shift_summary", "null_tests", "truth"} <= set(__import__("json").loads(metrics.read_text())["persam"])
+    assert len(list(figures.glob("*.png"))) == 2
+    assert main(["explain", str(tmp_path / "run"), "--manifest", str(manifest), "--out", str(out), "--alter", "site=mars"]) == 2
+    assert main(["explain", str(tmp_path / "run"), "--manifest", str(manifest), "--out", str(out), "--null-field", "stage"]) == 2
+    assert main(["explain", str(tmp_path / "run"), "--manifest", str(manifest), "--out", str(tmp_path / "att.txt")]) == 2
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):

@@ -1,7 +1,14 @@
 """Attention over patches under the true record and under altered records.
 
-Every slide is explained by the fold model that did not train on its patient; all records of
-a slide (original + alterations) run as one batch over the same patch features.
+Every slide is explained by the fold model that did not train on its patient. A slide's patch
+features are read once and all its records (original + alterations) run as one batch in which
+the bag is stored once and its image side computed once (`persam_lib.models.Batch`: one bag
+under K records).
+
+The attention table has the columns of `ATTENTION_COLUMNS` — ``attention`` is the class token's
+attention in the last layer (averaged over heads) — plus ``attention_rollout`` (attention rollout
+through all layers; equal to ``attention`` for models with one attention step) and, when asked,
+``attention_head_<h>`` per head.
 """
 from __future__ import annotations
 
@@ -15,75 +22,103 @@ from tqdm import tqdm
 
 from persam_lib.atomic import atomic_path
 from persam_lib.cohort.manifest import Cohort
-from persam_lib.explain.records import ORIGINAL, Alteration, default_alterations
+from persam_lib.explain.records import DEFAULT_QUANTILES, ORIGINAL, Alteration, default_alterations, numeric_targets
 from persam_lib.features.store import feature_path, read_features
-from persam_lib.train.data import collate
+from persam_lib.models.base import ModelOutput
+from persam_lib.train.checkpoint import LoadedModel
+from persam_lib.train.data import collate_records
 from persam_lib.train.run import Run
 
 ATTENTION_COLUMNS = ["slide_id", "x", "y", "size", "record", "attention"]
+MAPS = ("attention", "attention_rollout")  # the attention maps every explanation holds
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """How to explain a run; the defaults are what `persam explain` and the book use."""
+
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES  # numeric fields' targets for the default alterations
+    per_head: bool = False  # add one attention_head_<h> column per head
+    device: str = "auto"  # "auto": CUDA when present
 
 
 @dataclass
 class Explanation:
-    """``attention``: one row per slide × record × patch (the `ATTENTION_COLUMNS` contract);
+    """``attention``: one row per slide × record × patch (`ATTENTION_COLUMNS` and the map columns);
     ``predictions``: one row per slide × record with the class probabilities."""
 
     attention: pd.DataFrame
     predictions: pd.DataFrame
+    model: str = ""
 
 
-def explain_run(run: Run, cohort: Cohort, features_dir: str | Path, alterations: list[Alteration] | None = None, *, progress: bool = True) -> Explanation:
+def records_output(loaded: LoadedModel, features: np.ndarray, coords: np.ndarray, records: pd.DataFrame, device: torch.device | str = "cpu") -> ModelOutput:
+    """The model's output for one bag under each row of ``records`` (one batch, the bag stored once)."""
+    batch = collate_records(features, coords, records, loaded.record_encoder, loaded.normaliser).to(device)
+    with torch.no_grad():
+        out = loaded.model(batch, rollout=True)
+    if out.patch_attention is None:
+        raise ValueError(f"model '{loaded.name}' has no attention over patches to explain")
+    return out
+
+
+def explain_run(run: Run, cohort: Cohort, features_dir: str | Path, alterations: list[Alteration] | None = None, config: ExplainConfig = ExplainConfig(), *, progress: bool = True) -> Explanation:
     """Patch attention of every slide under its original record and each alteration.
 
-    Without ``alterations``, every categorical field is set to each of its other values.
+    Without ``alterations``, `default_alterations`: every categorical field to each of its other
+    values, every numeric field to the cohort's ``config.quantiles``.
     """
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else ("cpu" if config.device == "auto" else config.device))
     folds = run.folds
     records = cohort.records()
-    classes = run.classes
-    slides = cohort.slides
+    numeric = numeric_targets(cohort.schema, records, config.quantiles) if alterations is None else {}
     attention_parts, prediction_rows = [], []
-    loaded: dict[int, object] = {}
-    for row in tqdm(list(slides.itertuples()), desc="explain", disable=not progress):
+    loaded: dict[int, LoadedModel] = {}
+    for row in tqdm(list(cohort.slides.itertuples()), desc="explain", disable=not progress):
         fold = int(folds.get(row.patient_id, 0))  # a patient outside the run is explained by fold 0's model
         if fold not in loaded:
-            loaded[fold] = run.model_for_fold(fold)
-        model = loaded[fold]
+            loaded[fold] = run.model_for_fold(fold, device=device)
         data = read_features(feature_path(features_dir, row.slide_id))
         original = records.loc[row.patient_id]
-        edits = alterations if alterations is not None else default_alterations(cohort.schema, original)
+        edits = alterations if alterations is not None else default_alterations(cohort.schema, original, numeric)
         labels = [ORIGINAL] + [a.label for a in edits]
         table = pd.DataFrame([original] + [a.apply(original) for a in edits])
-        batch = collate([data.features] * len(labels), [data.coords] * len(labels), table, model.record_encoder, model.normaliser)
-        with torch.no_grad():
-            out = model.model(batch)
-        if out.patch_attention is None:
-            raise ValueError(f"model '{model.name}' has no patch attention to explain")
-        attention = out.patch_attention.float().numpy()  # (K, N)
-        probs = torch.softmax(out.logits.float(), -1).numpy()
-        n = len(data.coords)
-        attention_parts.append(
-            pd.DataFrame(
-                {
-                    "slide_id": row.slide_id,
-                    "x": np.tile(data.coords[:, 0], len(labels)),
-                    "y": np.tile(data.coords[:, 1], len(labels)),
-                    "size": data.patch_size_level0,
-                    "record": np.repeat(labels, n),
-                    "attention": attention[:, :n].ravel(),
-                }
-            )
-        )
+        out = records_output(loaded[fold], data.features, data.coords, table, device)
+        attention_parts.append(_attention_rows(row.slide_id, data.coords, data.patch_size_level0, labels, out, config.per_head))
+        probs = torch.softmax(out.logits.float(), -1).cpu().numpy()
         for label, p in zip(labels, probs):
-            prediction_rows.append({"slide_id": row.slide_id, "patient_id": row.patient_id, "fold": fold, "record": label, **{f"prob_{c}": float(v) for c, v in zip(classes, p)}, "y_pred": classes[int(p.argmax())]})
-    return Explanation(pd.concat(attention_parts, ignore_index=True)[ATTENTION_COLUMNS], pd.DataFrame(prediction_rows))
+            prediction_rows.append({"slide_id": row.slide_id, "patient_id": row.patient_id, "fold": fold, "record": label, **{f"prob_{c}": float(v) for c, v in zip(run.classes, p)}, "y_pred": run.classes[int(p.argmax())]})
+    return Explanation(pd.concat(attention_parts, ignore_index=True), pd.DataFrame(prediction_rows), run.config.model)
+
+
+def _attention_rows(slide_id: str, coords: np.ndarray, size: int, labels: list[str], out: ModelOutput, per_head: bool) -> pd.DataFrame:
+    k, n = len(labels), len(coords)
+    columns = {
+        "slide_id": slide_id,
+        "x": np.tile(coords[:, 0], k),
+        "y": np.tile(coords[:, 1], k),
+        "size": size,
+        "record": np.repeat(labels, n),
+        "attention": out.patch_attention.float().cpu().numpy().ravel(),
+        "attention_rollout": out.patch_attention_rollout.float().cpu().numpy().ravel(),
+    }
+    if per_head:
+        heads = out.patch_attention_heads.float().cpu().numpy()  # (K, H, N)
+        columns.update({f"attention_head_{h}": heads[:, h].ravel() for h in range(heads.shape[1])})
+    return pd.DataFrame(columns)
+
+
+def map_columns(attention: pd.DataFrame) -> list[str]:
+    """The attention-map columns a table holds (last layer, rollout, per head)."""
+    return [c for c in attention.columns if c == "attention" or c.startswith("attention_")]
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write CSV or parquet (by suffix) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix not in (".csv", ".parquet"):
         raise ValueError(f"{path}: the output must end in .csv or .parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":
             table.to_parquet(tmp, index=False)

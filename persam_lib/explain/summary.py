@@ -1,10 +1,13 @@
-"""Cohort-level summaries of attention shift and ground-truth scores, with bootstrap CIs over slides."""
+"""Cohort-level summaries of attention shift and ground-truth scores, with bootstrap CIs over slides,
+and the null test: does altering a field move attention more than altering one the model should ignore?"""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.stats import wilcoxon
 
 from persam_lib.explain.records import ORIGINAL
+from persam_lib.explain.shift import SHIFT_METRICS
 
 
 def mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
@@ -19,30 +22,77 @@ def mean_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float 
     return float(values.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def _with_ci(row: dict, name: str, values: np.ndarray) -> None:
+    row[name], row[f"{name}_low"], row[f"{name}_high"] = mean_ci(values)
+
+
+def per_slide(shift: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Slides × fields: the slide's mean ``metric`` over that field's alterations (one value per slide and field)."""
+    return shift.pivot_table(index="slide_id", columns="field", values=metric, aggfunc="mean")
+
+
 def summarise_shift(shift: pd.DataFrame) -> pd.DataFrame:
-    """Per altered field: mean JSD, top-k Jaccard and mass moved over slides, each with a 95% CI."""
+    """Per altered field: mean JSD, top-k Jaccard, mass moved (and, when present, change in the
+    predicted class's probability and the share of predictions flipped) over slides, each with a
+    95% bootstrap CI over slides."""
+    metrics = [m for m in (*SHIFT_METRICS, "prob_change", "prediction_flipped") if m in shift]
     rows = []
     for field, part in shift.groupby("field", sort=True):
         row: dict[str, object] = {"field": field, "slides": part["slide_id"].nunique()}
-        for metric in ("jsd", "topk_jaccard", "mass_moved"):
-            m, lo, hi = mean_ci(part.groupby("slide_id")[metric].mean().to_numpy())
-            row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = m, lo, hi
+        for metric in metrics:
+            _with_ci(row, metric, part.groupby("slide_id")[metric].mean().astype(float).to_numpy())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def summarise_truth(scores: pd.DataFrame, deciding_field: str) -> pd.DataFrame:
-    """Attention mass on the region that is diagnostic under the record, for the original record and
-    for records whose deciding field was flipped; the uniform-attention baseline beside each."""
-    flipped = scores["record"].str.contains(f"{deciding_field}=", regex=False)
-    groups = {"original record": scores[scores["record"] == ORIGINAL], f"{deciding_field} altered": scores[flipped]}
+def null_comparison(shift: pd.DataFrame, null_fields: list[str], metric: str = "jsd", alpha: float = 0.05) -> pd.DataFrame:
+    """Each altered field against each null field (one the model should ignore), paired by slide.
+
+    Per slide the difference is (mean ``metric`` when altering the field) − (the same for the null
+    field); reported: the mean of each, the mean difference with a 95% bootstrap CI, and the
+    one-sided Wilcoxon signed-rank p-value for "the field moves attention more than the null".
+    ``moves_more`` is p < ``alpha``. Similarity metrics (top-k Jaccard) are turned into
+    dissimilarities (1 − value) first, so "more" always means "moved further".
+    """
+    table = per_slide(shift, metric)
+    if metric == "topk_jaccard":
+        table = 1 - table
     rows = []
-    for name, part in groups.items():
-        if part.empty:
+    for null in null_fields:
+        if null not in table:
             continue
-        m, lo, hi = mean_ci(part["mass_diagnostic"].to_numpy())
-        u, ulo, uhi = mean_ci(part["uniform_diagnostic"].to_numpy())
-        rows.append({"record": name, "slides": part["slide_id"].nunique(), "mass_diagnostic": m, "mass_diagnostic_low": lo, "mass_diagnostic_high": hi, "uniform_baseline": u, "mass_other_region": part["mass_other_region"].mean()})
+        for field in table.columns:
+            if field == null or field in null_fields:
+                continue
+            pair = table[[field, null]].dropna()
+            if pair.empty:
+                continue
+            diff = (pair[field] - pair[null]).to_numpy()
+            row: dict[str, object] = {"field": field, "null_field": null, "metric": metric if metric != "topk_jaccard" else "1 - topk_jaccard", "slides": len(pair), "field_mean": float(pair[field].mean()), "null_mean": float(pair[null].mean())}
+            _with_ci(row, "difference", diff)
+            row["p_value"] = float(wilcoxon(diff, alternative="greater").pvalue) if np.any(diff != 0) else 1.0
+            row["moves_more"] = row["p_value"] < alpha
+            rows.append(row)
+    columns = ["field", "null_field", "metric", "slides", "field_mean", "null_mean", "difference", "difference_low", "difference_high", "p_value", "moves_more"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def summarise_truth(scores: dict[str, pd.DataFrame], deciding_field: str) -> pd.DataFrame:
+    """Per source of attention (a model, or the ``uniform`` and ``random`` baselines) and record
+    group (the original record; records with the deciding field altered): attention mass on the
+    region that is diagnostic under the record and the AUROC of attention for patches inside it,
+    each with a 95% bootstrap CI over slides, and the mass on the other region."""
+    rows = []
+    for source, table in scores.items():
+        flipped = table["record"].str.contains(f"{deciding_field}=", regex=False)
+        for group, part in (("original record", table[table["record"] == ORIGINAL]), (f"{deciding_field} altered", table[flipped])):
+            if part.empty:
+                continue
+            row: dict[str, object] = {"attention": source, "record": group, "slides": part["slide_id"].nunique()}
+            _with_ci(row, "mass_diagnostic", part["mass_diagnostic"].to_numpy())
+            _with_ci(row, "auroc", part["auroc"].to_numpy())
+            row["mass_other_region"] = float(part["mass_other_region"].mean())
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -60,3 +110,9 @@ def moved_to_new_region(scores: pd.DataFrame, deciding_field: str) -> pd.DataFra
         {"slide_id": flipped["slide_id"].to_numpy(), "record": flipped["record"].to_numpy(), "new_region": flipped["diagnostic_region"].to_numpy(),
          "mass_before": before, "mass_after": after, "moved": after > before}
     )
+
+
+def moved_summary(moved: pd.DataFrame) -> dict[str, float]:
+    """The share of slides whose attention moved to the newly diagnostic region (with a 95% CI) and the mean masses."""
+    share, low, high = mean_ci(moved["moved"].astype(float).to_numpy())
+    return {"slides": int(moved["slide_id"].nunique()), "moved": share, "moved_low": low, "moved_high": high, "mass_before": float(moved["mass_before"].mean()), "mass_after": float(moved["mass_after"].mean())}

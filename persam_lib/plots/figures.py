@@ -23,13 +23,23 @@ def use_book_style() -> None:
 
 
 def paint_patches(shape: tuple[int, int], downsample: float, coords: np.ndarray, size: int, values: np.ndarray) -> np.ndarray:
-    """A (h, w) float image at thumbnail resolution with each patch filled by its value (NaN elsewhere)."""
+    """A (h, w) float image at thumbnail resolution with each patch filled by its value (NaN elsewhere).
+
+    Memory is the thumbnail's, whatever the slide's size; the patches are painted by one
+    vectorised assignment per pixel offset inside a patch (side² of them), not one per patch.
+    Where patches overlap (a stride below the patch size), the later patch wins.
+    """
     canvas = np.full(shape, np.nan, dtype=np.float32)
-    x0 = np.floor(coords[:, 0] / downsample).astype(int)
-    y0 = np.floor(coords[:, 1] / downsample).astype(int)
+    h, w = shape
+    x0 = np.floor(np.asarray(coords)[:, 0] / downsample).astype(np.int64)
+    y0 = np.floor(np.asarray(coords)[:, 1] / downsample).astype(np.int64)
     side = max(int(round(size / downsample)), 1)
-    for x, y, v in zip(x0, y0, values):
-        canvas[y : y + side, x : x + side] = v
+    values = np.asarray(values, dtype=np.float32)
+    for dy in range(side):
+        for dx in range(side):
+            x, y = x0 + dx, y0 + dy
+            inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+            canvas[y[inside], x[inside]] = values[inside]
     return canvas
 
 
@@ -90,6 +100,76 @@ def record_comparison(thumbnail: np.ndarray, downsample: float, coords: np.ndarr
     attention_difference(thumbnail, downsample, coords, size, altered - original, ax=panels[2], title="altered − original")
     fig.suptitle(suptitle)
     return fig
+
+
+def alteration_grid(
+    thumbnail: np.ndarray, downsample: float, coords: np.ndarray, size: int, original: np.ndarray, altered: dict[str, np.ndarray],
+    tissue: np.ndarray | None = None, regions: dict[str, np.ndarray] | None = None, columns: int = 4, suptitle: str = "",
+) -> Figure:
+    """Small multiples over fields: attention under the original record, then the change under
+    each altered record (altered − original), all changes on one colour scale so panels compare;
+    ground-truth regions outlined in every change panel when given."""
+    panels = 1 + len(altered)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.7 * rows), constrained_layout=True, squeeze=False)
+    flat = list(axes.ravel())
+    attention_heatmap(thumbnail, downsample, coords, size, original, ax=flat[0], title="original record", tissue=tissue)
+    limit = max([float(np.abs(a - original).max()) for a in altered.values()] + [1e-6])
+    for ax, (label, values) in zip(flat[1:], altered.items()):
+        canvas = paint_patches(thumbnail.shape[:2], downsample, coords, size, values - original)
+        ax.imshow(thumbnail, alpha=0.5)
+        image = ax.imshow(canvas, cmap=DIFFERENCE_CMAP, vmin=-limit, vmax=limit, alpha=0.85)
+        if tissue is not None:
+            _outline(ax, tissue, thumbnail.shape[:2], "#2ca02c", None)
+        for name, mask in (regions or {}).items():
+            _outline(ax, mask, thumbnail.shape[:2], REGION_COLOURS.get(name, "k"), None)
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    for ax in flat[panels:]:
+        ax.axis("off")
+    if altered:
+        fig.colorbar(image, ax=flat[1:panels], fraction=0.02, pad=0.01, label="Δ attention (altered − original)")
+    fig.suptitle(suptitle)
+    return fig
+
+
+def shift_by_field(summary: pd.DataFrame, metric: str = "jsd", ax: Axes | None = None) -> Axes:
+    """Mean attention shift per altered field and model with 95% CIs (columns model, field, metric, metric_low, metric_high)."""
+    ax = ax or plt.subplots(figsize=(7, 0.5 + 0.35 * summary["field"].nunique() * summary["model"].nunique()))[1]
+    models = list(dict.fromkeys(summary["model"]))
+    fields = sorted(summary["field"].unique())
+    height = 0.8 / max(len(models), 1)
+    for i, model in enumerate(models):
+        part = summary[summary["model"] == model].set_index("field").reindex(fields)
+        y = np.arange(len(fields)) + i * height
+        ax.errorbar(part[metric], y, xerr=[part[metric] - part[f"{metric}_low"], part[f"{metric}_high"] - part[metric]], fmt="o", capsize=3, label=model)
+    ax.set_yticks(np.arange(len(fields)) + 0.4 - height / 2, fields)
+    ax.set_xlabel(f"{metric.replace('_', ' ')} between original and altered attention (95% CI)")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+def shap_beeswarm(shap_values: pd.DataFrame, field_values: pd.DataFrame, ax: Axes | None = None, title: str = "") -> Axes:
+    """SHAP values per clinical field, one dot per slide, coloured by the field's value (shap's beeswarm)."""
+    import shap
+
+    names = [c for c in shap_values.columns if c != "slide_id"]
+    explanation = shap.Explanation(values=shap_values[names].to_numpy(dtype=float), data=field_values[names].to_numpy(dtype=float), feature_names=names)
+    ax = ax or plt.subplots(figsize=(7, 0.6 + 0.45 * len(names)))[1]
+    shap.plots.beeswarm(explanation, ax=ax, show=False, plot_size=None, color_bar_label="field value (category index / number)")
+    ax.set_title(title)
+    return ax
+
+
+def attention_vs_attribution(table: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Per model, the spread over slides of the Spearman correlation between attention and |IG| per patch."""
+    ax = ax or plt.subplots(figsize=(6, 0.6 + 0.5 * table["model"].nunique()))[1]
+    sns.stripplot(data=table, x="ig_attention_spearman", y="model", alpha=0.5, ax=ax)
+    sns.pointplot(data=table, x="ig_attention_spearman", y="model", errorbar=("ci", 95), color="k", markers="d", linestyles="none", ax=ax)
+    ax.axvline(0, color="grey", ls=":", lw=1)
+    ax.set_xlabel("Spearman ρ, attention vs |integrated gradients| per patch (one dot per slide)")
+    return ax
 
 
 def learning_curves(history: pd.DataFrame, ax: Axes | None = None) -> Axes:

@@ -1,0 +1,171 @@
+"""Gradient and game-theoretic attributions, to read attention against: captum Integrated Gradients
+for patch features and clinical tokens, and SHAP values for clinical fields with the image fixed.
+
+* **Integrated Gradients** (Sundararajan et al. 2017, captum): from a baseline — the mean patch
+  (standardised features all zero) and, for each clinical field, its mean token over the cohort's
+  records ("a typical patient": the missing-value token would do only for fields that were
+  missing in training, else it is untrained) — to the slide and its record. Per patch, the attributions summed over feature dimensions; per
+  field, summed over the token's dimensions. Completeness: all attributions sum to the logit's
+  change from baseline to input, up to the integral's error (``delta``).
+* **SHAP** (KernelExplainer): each clinical field's contribution to the predicted class's
+  probability, the slide's features held fixed, against a background of cohort records; fields
+  are replaced by background values, so "absent" means "a typical patient's value".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+from tqdm import tqdm
+
+from persam_lib.cohort.manifest import Cohort
+from persam_lib.cohort.schema import FieldSchema, is_missing
+from persam_lib.explain.attention import records_output
+from persam_lib.features.store import feature_path, read_features
+from persam_lib.models import MODEL_INFO
+from persam_lib.models.base import Batch
+from persam_lib.train.checkpoint import LoadedModel
+from persam_lib.train.data import collate_records
+from persam_lib.train.run import Run
+
+
+@dataclass
+class IGResult:
+    """Integrated Gradients of one slide: per patch (N,), per field (F,) or None for image-only models."""
+
+    patches: np.ndarray
+    fields: np.ndarray | None
+    delta: float  # completeness error: sum of attributions − (logit(input) − logit(baseline))
+    logit_change: float  # logit(input) − logit(baseline)
+    target: int
+
+
+def integrated_gradients(
+    loaded: LoadedModel, features: np.ndarray, coords: np.ndarray, record: pd.Series, background: pd.DataFrame, target: int | None = None, steps: int = 64, internal_batch_size: int = 16
+) -> IGResult:
+    """Integrated Gradients of the ``target`` class's logit (default: the predicted class) for one slide.
+
+    ``background``: records whose mean clinical tokens are the baseline of the record side.
+    """
+    from captum.attr import IntegratedGradients
+
+    model = loaded.model.eval()
+    device = next(model.parameters()).device
+    batch = collate_records(features, coords, pd.DataFrame([record]), loaded.record_encoder, loaded.normaliser).to(device)
+    reads_record = MODEL_INFO[loaded.name].reads_record
+    if target is None:
+        with torch.no_grad():
+            target = int(model(batch).logits.argmax(-1))
+
+    def logits(features_in: torch.Tensor, tokens_in: torch.Tensor | None = None) -> torch.Tensor:
+        rows = features_in.shape[0] if features_in is not None else tokens_in.shape[0]
+        expanded = Batch(features_in, batch.patch_mask.expand(rows, -1), batch.coords.expand(rows, -1, -1), batch.codes.expand(rows, -1), batch.values.expand(rows, -1))
+        if tokens_in is None:
+            return model(expanded).logits
+        handle = model.clinical.register_forward_hook(lambda module, args, output: tokens_in)  # the tokens IG interpolates
+        try:
+            return model(expanded).logits
+        finally:
+            handle.remove()
+
+    ig = IntegratedGradients(logits)
+    if reads_record:
+        with torch.no_grad():
+            tokens = model.clinical(batch.codes, batch.values)  # (1, F, d)
+            typical = model.clinical(*(t.to(device) for t in loaded.record_encoder.encode(background))).mean(0, keepdim=True)
+        inputs, baselines = (batch.features, tokens), (torch.zeros_like(batch.features), typical)
+    else:
+        inputs, baselines = (batch.features,), (torch.zeros_like(batch.features),)
+    attributions, delta = ig.attribute(inputs, baselines=baselines, target=target, n_steps=steps, internal_batch_size=internal_batch_size, return_convergence_delta=True)
+    with torch.no_grad():
+        change = float(logits(*inputs)[0, target] - logits(*baselines)[0, target])
+    return IGResult(
+        patches=attributions[0][0].sum(-1).detach().cpu().numpy(),
+        fields=attributions[1][0].sum(-1).detach().cpu().numpy() if reads_record else None,
+        delta=float(delta.abs().max()),
+        logit_change=change,
+        target=target,
+    )
+
+
+def encode_fields(records: pd.DataFrame, schema: FieldSchema) -> np.ndarray:
+    """Records as numbers for SHAP: category index for categorical fields, the value for numeric ones, NaN if missing."""
+    out = np.full((len(records), len(schema.fields)), np.nan)
+    for j, spec in enumerate(schema.fields):
+        for i, value in enumerate(records[spec.name].tolist()):
+            if not is_missing(value):
+                out[i, j] = spec.values.index(str(value)) if spec.type == "categorical" else float(value)
+    return out
+
+
+def decode_fields(encoded: np.ndarray, schema: FieldSchema) -> pd.DataFrame:
+    """The inverse of `encode_fields`."""
+    columns = {}
+    for j, spec in enumerate(schema.fields):
+        column = encoded[:, j]
+        if spec.type == "categorical":
+            columns[spec.name] = [None if np.isnan(v) else spec.values[int(round(v))] for v in column]
+        else:
+            columns[spec.name] = column.astype(float)
+    return pd.DataFrame(columns)
+
+
+def shap_fields(loaded: LoadedModel, features: np.ndarray, coords: np.ndarray, record: pd.Series, background: pd.DataFrame, schema: FieldSchema, target: int) -> np.ndarray:
+    """SHAP values (F,) of the clinical fields for the ``target`` class's probability, the slide fixed.
+
+    Every coalition of fields is evaluated in one batch in which the slide is stored once.
+    """
+    import shap
+
+    device = next(loaded.model.parameters()).device
+
+    def probability(encoded: np.ndarray) -> np.ndarray:
+        out = records_output(loaded, features, coords, decode_fields(np.atleast_2d(encoded), schema), device)
+        return torch.softmax(out.logits.float(), -1)[:, target].cpu().numpy()
+
+    explainer = shap.KernelExplainer(probability, encode_fields(background, schema), link="identity")
+    values = explainer.shap_values(encode_fields(pd.DataFrame([record]), schema), nsamples=2 ** len(schema.fields) + 2 * len(schema.fields), silent=True)
+    return np.asarray(values).reshape(-1)[: len(schema.fields)]
+
+
+@dataclass
+class Attributions:
+    """Per slide: IG-vs-attention rank correlation and IG per field (``slides``); SHAP per slide and field (``shap``)."""
+
+    slides: pd.DataFrame
+    shap: pd.DataFrame
+    field_values: pd.DataFrame  # the encoded record of each slide's patient (SHAP's colour scale)
+
+
+def attribute_run(run: Run, cohort: Cohort, features_dir: str | Path, slides: list[str] | None = None, *, background_size: int = 16, steps: int = 64, seed: int = 0, progress: bool = True) -> Attributions:
+    """IG and SHAP for every slide (or ``slides``), each with the fold model that did not train on its patient."""
+    folds = run.folds
+    records = cohort.records()
+    schema = cohort.schema
+    table = cohort.slides if slides is None else cohort.slides[cohort.slides["slide_id"].isin(slides)]
+    background = records.sample(min(background_size, len(records)), random_state=seed)
+    loaded: dict[int, LoadedModel] = {}
+    slide_rows, shap_rows, value_rows = [], [], []
+    reads_record = MODEL_INFO[run.config.model].reads_record
+    for row in tqdm(list(table.itertuples()), desc="attributions", disable=not progress):
+        fold = int(folds.get(row.patient_id, 0))
+        if fold not in loaded:
+            loaded[fold] = run.model_for_fold(fold)
+        data = read_features(feature_path(features_dir, row.slide_id))
+        record = records.loc[row.patient_id]
+        result = integrated_gradients(loaded[fold], data.features, data.coords, record, records, steps=steps)
+        attention = records_output(loaded[fold], data.features, data.coords, pd.DataFrame([record])).patch_attention[0].cpu().numpy()
+        rho = spearmanr(attention, np.abs(result.patches)).statistic if len(attention) > 2 else float("nan")
+        out = {"slide_id": row.slide_id, "target": run.classes[result.target], "ig_attention_spearman": float(rho), "ig_delta": result.delta, "logit_change": result.logit_change}
+        if result.fields is not None:
+            out.update({f"ig_{name}": float(v) for name, v in zip(schema.names, result.fields)})
+        slide_rows.append(out)
+        if reads_record:
+            values = shap_fields(loaded[fold], data.features, data.coords, record, background, schema, result.target)
+            shap_rows.append({"slide_id": row.slide_id, **dict(zip(schema.names, values))})
+            value_rows.append({"slide_id": row.slide_id, **dict(zip(schema.names, encode_fields(pd.DataFrame([record]), schema)[0]))})
+    return Attributions(pd.DataFrame(slide_rows), pd.DataFrame(shap_rows), pd.DataFrame(value_rows))

@@ -1,0 +1,165 @@
+"""Everything `persam explain --metrics/--figures` and the book's attention chapter show, from one explanation.
+
+`explanation_report` turns an `Explanation` into tables: attention shift per slide and per field
+(with CIs), the null test, and — for cohorts with ground truth — where attention falls against
+the region that is diagnostic under each record, beside uniform and random attention.
+`write_metrics` saves them as one JSON file; `write_figures` draws heatmaps and small multiples.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+from persam_lib.atomic import atomic_path, write_text_atomic
+from persam_lib.cohort.manifest import Cohort
+from persam_lib.explain.attention import Explanation
+from persam_lib.explain.records import ORIGINAL, field_of
+from persam_lib.explain.shift import attention_shift
+from persam_lib.explain.summary import moved_summary, moved_to_new_region, null_comparison, summarise_shift, summarise_truth
+from persam_lib.explain.truth import GroundTruth, truth_scores, with_baselines
+
+MAP_NAMES = {"attention": "last layer", "attention_rollout": "rollout"}
+
+
+def null_fields_of(cohort: Cohort, truth: GroundTruth | None = None, extra: list[str] | None = None) -> list[str]:
+    """Fields a model should ignore: the manifest's negative controls, the ground truth's noise fields and ``extra``."""
+    names = list(cohort.schema.negative_controls) + list(truth.noise_fields if truth else []) + list(extra or [])
+    unknown = [n for n in names if n not in cohort.schema.names]
+    if unknown:
+        raise ValueError(f"null field(s) {unknown} are not fields of the cohort; fields are {cohort.schema.names}")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class ExplanationReport:
+    """The tables of one model's explanation (see the module docstring)."""
+
+    model: str
+    shift: pd.DataFrame  # per slide × altered record, last-layer map: jsd, topk_jaccard, mass_moved, prob_change, prediction_flipped
+    shift_summary: pd.DataFrame  # per map × field, with CIs
+    null_tests: pd.DataFrame  # per map × field × null field
+    truth: pd.DataFrame | None = None  # per source (map or baseline) × record group: mass and AUROC with CIs
+    truth_scores: pd.DataFrame | None = None  # per slide × record, last-layer map
+    moved: dict = field(default_factory=dict)  # share of slides whose attention moved to the newly diagnostic region
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        out = {"shift_summary": self.shift_summary, "null_tests": self.null_tests, "shift_per_slide": self.shift}
+        if self.truth is not None:
+            out["truth"] = self.truth
+        return out
+
+
+def explanation_report(explanation: Explanation, cohort: Cohort, truth: GroundTruth | None = None, null_fields: list[str] | None = None) -> ExplanationReport:
+    """Shift, null tests and ground-truth scores for every attention map of ``explanation``."""
+    maps = [m for m in MAP_NAMES if m in explanation.attention]
+    shifts = {m: attention_shift(explanation.attention, explanation.predictions, column=m) for m in maps}
+    nulls = null_fields if null_fields is not None else null_fields_of(cohort, truth)
+    shift_summary = pd.concat([summarise_shift(s).assign(map=MAP_NAMES[m]) for m, s in shifts.items()], ignore_index=True)
+    null_tests = pd.concat([null_comparison(s, nulls).assign(map=MAP_NAMES[m]) for m, s in shifts.items()], ignore_index=True)
+    report = ExplanationReport(explanation.model, shifts["attention"], shift_summary, null_tests)
+    if truth is not None:
+        with_base = with_baselines(explanation.attention)
+        scores = {f"{explanation.model} ({MAP_NAMES[m]})": truth_scores(with_base, cohort, truth, column=m) for m in maps}
+        scores |= {name: truth_scores(with_base, cohort, truth, column=name) for name in ("uniform", "random")}
+        report.truth = summarise_truth(scores, truth.deciding_field)
+        report.truth_scores = scores[f"{explanation.model} (last layer)"]
+        moved = moved_to_new_region(report.truth_scores, truth.deciding_field)
+        if len(moved):
+            report.moved = moved_summary(moved)
+    return report
+
+
+def write_metrics(reports: list[ExplanationReport], path: str | Path) -> Path:
+    """All tables of ``reports`` as one JSON file: ``{model: {table: [rows...]}, ...}`` (written atomically)."""
+    path = Path(path)
+    if path.suffix != ".json":
+        raise ValueError(f"{path}: the metrics file must end in .json")
+
+    def clean(value):
+        return None if isinstance(value, float) and math.isnan(value) else value
+
+    payload = {
+        r.model: {**{name: [{k: clean(v) for k, v in row.items()} for row in table.to_dict("records")] for name, table in r.tables().items()}, "moved_to_new_region": r.moved}
+        for r in reports
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, json.dumps(payload, indent=1, default=_json_default))
+
+
+def _json_default(value):
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def example_slides(cohort: Cohort, n: int, truth: GroundTruth | None = None) -> list[str]:
+    """Slides worth showing: with ground truth, those whose two regions disagree (there the record decides)."""
+    if truth is not None and cohort.truth_path is not None:
+        regions = cohort.truth_path.parent / "regions.csv"
+        if regions.is_file():
+            table = pd.read_csv(regions, dtype=str)
+            chosen = table[table["disagree"].str.lower() == "true"]["slide_id"].tolist()
+            if chosen:
+                return chosen[:n]
+    return cohort.slides["slide_id"].head(n).tolist()
+
+
+def slide_maps(explanation: Explanation, slide_id: str, column: str = "attention") -> tuple[np.ndarray, int, dict[str, np.ndarray]]:
+    """A slide's patch coordinates (N, 2), patch size and its map under every record, in one patch order."""
+    part = explanation.attention[explanation.attention["slide_id"] == slide_id]
+    if part.empty:
+        raise ValueError(f"slide '{slide_id}' is not in the explanation")
+    maps = {record: rows.sort_values(["y", "x"])[column].to_numpy() for record, rows in part.groupby("record", sort=False)}
+    first = part[part["record"] == ORIGINAL].sort_values(["y", "x"])
+    return first[["x", "y"]].to_numpy(), int(first["size"].iloc[0]), maps
+
+
+def write_figures(explanation: Explanation, cohort: Cohort, features_dir: str | Path, out_dir: str | Path, slides: list[str], truth: GroundTruth | None = None) -> list[Path]:
+    """For each slide: original vs altered heatmaps with the regions and the difference (the deciding
+    field's flip, or the first alteration), and small multiples over every alteration. PNG files,
+    each written atomically; returns their paths."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from persam_lib.features.extract import load_tissue_mask
+    from persam_lib.plots.figures import alteration_grid, record_comparison, use_book_style
+    from persam_lib.slides.reader import open_slide
+
+    use_book_style()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = cohort.slides.set_index("slide_id")
+    written = []
+    for slide_id in slides:
+        coords, size, maps = slide_maps(explanation, slide_id)
+        with open_slide(paths.loc[slide_id, "path"]) as slide:
+            thumb, downsample = slide.thumbnail(16)
+        tissue, _ = load_tissue_mask(features_dir, slide_id)
+        regions = None
+        if truth is not None:
+            mask = truth.mask(slide_id)
+            regions = {name: mask == value for name, value in truth.labels.items() if name not in ("background", "tissue")}
+        altered = {k: v for k, v in maps.items() if k != ORIGINAL}
+        if not altered:
+            continue
+        deciding = [k for k in altered if truth is not None and field_of(k) == truth.deciding_field]
+        shown = deciding[0] if deciding else next(iter(altered))
+        title = f"{explanation.model} — {slide_id}"
+        figures = {
+            f"{explanation.model}_{slide_id}_comparison.png": record_comparison(thumb, downsample, coords, size, maps[ORIGINAL], altered[shown], shown, regions=regions, tissue=tissue, suptitle=title),
+            f"{explanation.model}_{slide_id}_fields.png": alteration_grid(thumb, downsample, coords, size, maps[ORIGINAL], altered, tissue=tissue, regions=regions, suptitle=title),
+        }
+        for name, fig in figures.items():
+            with atomic_path(out_dir / name) as tmp:
+                fig.savefig(tmp, format="png", dpi=110)
+            plt.close(fig)
+            written.append(out_dir / name)
+    return written
