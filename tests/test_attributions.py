@@ -27,12 +27,12 @@ def test_integrated_gradients_are_complete(name, tiny_run, tiny_cohort, tiny_fea
                 p.normal_(0, 0.5)
     loaded = LoadedModel(name, model, trained.config, trained.record_encoder, trained.normaliser)
     data, record = _slide(tiny_cohort, tiny_features)
-    result = integrated_gradients(loaded, data.features, data.coords, record, tiny_cohort.records(), steps=128)
+    result = integrated_gradients(loaded, data.features, data.coords, record, tiny_cohort.records(), steps=8, tolerance=0.01)
     total = result.patches.sum() + (result.fields.sum() if result.fields is not None else 0.0)
     assert result.patches.shape == (len(data.coords),)
     assert (result.fields is None) == (name == "abmil")
     assert abs(result.logit_change) > 1e-3
-    assert total == pytest.approx(result.logit_change, abs=0.02 * abs(result.logit_change) + 1e-4)
+    assert total == pytest.approx(result.logit_change, abs=0.01 * abs(result.logit_change) + 1e-4)  # steps doubled until complete
     assert result.delta == pytest.approx(abs(total - result.logit_change), abs=1e-4)
 
 

@@ -36,7 +36,7 @@ def test_every_chapter_executes_and_the_book_builds_without_warnings(built_book)
 def test_executed_notebooks_carry_results_and_figures(built_book):
     project, _ = built_book
     images = 0
-    for name in ("cohort", "training", "attention"):
+    for name in ("cohort", "training", "attention", "attributions"):
         nb = nbformat.read(project / "book" / "executed" / f"{name}.ipynb", as_version=4)
         for cell in nb.cells:
             for out in cell.get("outputs", []):
@@ -47,6 +47,9 @@ def test_executed_notebooks_carry_results_and_figures(built_book):
     assert images >= 4
     text = (project / "_build" / "html" / "book" / "executed" / "training.html").read_text()
     assert "balanced_accuracy" in text and "persam" in text and "abmil" in text
+    attention = (project / "_build" / "html" / "book" / "executed" / "attention.html").read_text()
+    for shown in ("Against the null", "p_value", "mass_diagnostic", "uniform", "random", "site_permuted"):
+        assert shown in attention, shown
 
 
 def test_overrides_reach_only_notebooks_that_declare_them():

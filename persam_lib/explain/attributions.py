@@ -39,17 +39,22 @@ class IGResult:
 
     patches: np.ndarray
     fields: np.ndarray | None
-    delta: float  # completeness error: sum of attributions − (logit(input) − logit(baseline))
+    delta: float  # completeness error: |sum of attributions − (logit(input) − logit(baseline))|
     logit_change: float  # logit(input) − logit(baseline)
     target: int
+    steps: int  # integration steps used
 
 
 def integrated_gradients(
-    loaded: LoadedModel, features: np.ndarray, coords: np.ndarray, record: pd.Series, background: pd.DataFrame, target: int | None = None, steps: int = 64, internal_batch_size: int = 16
+    loaded: LoadedModel, features: np.ndarray, coords: np.ndarray, record: pd.Series, background: pd.DataFrame, target: int | None = None,
+    steps: int = 64, tolerance: float = 0.01, max_steps: int = 1024, internal_batch_size: int = 16,
 ) -> IGResult:
     """Integrated Gradients of the ``target`` class's logit (default: the predicted class) for one slide.
 
-    ``background``: records whose mean clinical tokens are the baseline of the record side.
+    ``background``: records whose mean clinical tokens are the baseline of the record side. The
+    number of integration steps starts at ``steps`` and doubles (up to ``max_steps``) until the
+    attributions add up to the logit's change within ``tolerance`` of it (completeness): attention
+    can make the path sharp, and a fixed step count then silently misattributes.
     """
     from captum.attr import IntegratedGradients
 
@@ -80,15 +85,21 @@ def integrated_gradients(
         inputs, baselines = (batch.features, tokens), (torch.zeros_like(batch.features), typical)
     else:
         inputs, baselines = (batch.features,), (torch.zeros_like(batch.features),)
-    attributions, delta = ig.attribute(inputs, baselines=baselines, target=target, n_steps=steps, internal_batch_size=internal_batch_size, return_convergence_delta=True)
     with torch.no_grad():
         change = float(logits(*inputs)[0, target] - logits(*baselines)[0, target])
+    while True:
+        attributions, delta = ig.attribute(inputs, baselines=baselines, target=target, n_steps=steps, internal_batch_size=internal_batch_size, return_convergence_delta=True)
+        gap = float(delta.abs().max())
+        if gap <= tolerance * abs(change) + 1e-4 or steps >= max_steps:
+            break
+        steps *= 2
     return IGResult(
         patches=attributions[0][0].sum(-1).detach().cpu().numpy(),
         fields=attributions[1][0].sum(-1).detach().cpu().numpy() if reads_record else None,
-        delta=float(delta.abs().max()),
+        delta=gap,
         logit_change=change,
         target=target,
+        steps=steps,
     )
 
 
@@ -141,7 +152,7 @@ class Attributions:
     field_values: pd.DataFrame  # the encoded record of each slide's patient (SHAP's colour scale)
 
 
-def attribute_run(run: Run, cohort: Cohort, features_dir: str | Path, slides: list[str] | None = None, *, background_size: int = 16, steps: int = 64, seed: int = 0, progress: bool = True) -> Attributions:
+def attribute_run(run: Run, cohort: Cohort, features_dir: str | Path, slides: list[str] | None = None, *, background_size: int = 16, steps: int = 32, seed: int = 0, progress: bool = True) -> Attributions:
     """IG and SHAP for every slide (or ``slides``), each with the fold model that did not train on its patient."""
     folds = run.folds
     records = cohort.records()
@@ -160,7 +171,7 @@ def attribute_run(run: Run, cohort: Cohort, features_dir: str | Path, slides: li
         result = integrated_gradients(loaded[fold], data.features, data.coords, record, records, steps=steps)
         attention = records_output(loaded[fold], data.features, data.coords, pd.DataFrame([record])).patch_attention[0].cpu().numpy()
         rho = spearmanr(attention, np.abs(result.patches)).statistic if len(attention) > 2 else float("nan")
-        out = {"slide_id": row.slide_id, "target": run.classes[result.target], "ig_attention_spearman": float(rho), "ig_delta": result.delta, "logit_change": result.logit_change}
+        out = {"slide_id": row.slide_id, "target": run.classes[result.target], "ig_attention_spearman": float(rho), "ig_delta": result.delta, "logit_change": result.logit_change, "ig_steps": result.steps}
         if result.fields is not None:
             out.update({f"ig_{name}": float(v) for name, v in zip(schema.names, result.fields)})
         slide_rows.append(out)

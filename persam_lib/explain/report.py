@@ -57,7 +57,9 @@ class ExplanationReport:
 
 def explanation_report(explanation: Explanation, cohort: Cohort, truth: GroundTruth | None = None, null_fields: list[str] | None = None) -> ExplanationReport:
     """Shift, null tests and ground-truth scores for every attention map of ``explanation``."""
-    maps = [m for m in MAP_NAMES if m in explanation.attention]
+    att = explanation.attention
+    # rollout only where it differs: for one attention step (ABMIL, concat, ...) it is the same map
+    maps = ["attention"] + (["attention_rollout"] if "attention_rollout" in att and not np.allclose(att["attention"], att["attention_rollout"], atol=1e-7) else [])
     shifts = {m: attention_shift(explanation.attention, explanation.predictions, column=m) for m in maps}
     nulls = null_fields if null_fields is not None else null_fields_of(cohort, truth)
     shift_summary = pd.concat([summarise_shift(s).assign(map=MAP_NAMES[m]) for m, s in shifts.items()], ignore_index=True)
