@@ -168,7 +168,7 @@ def test_report_metrics_and_figures(tiny_run, tiny_cohort, tiny_features, tmp_pa
     report = explanation_report(explanation, tiny_cohort, truth)
     assert set(report.shift_summary["map"]) == {"last layer"}  # one layer: rollout is the last layer's map, not repeated
     assert {"site", "ldh"} <= set(report.null_tests["field"]) and set(report.null_tests["null_field"]) == {"site_permuted", "age", "sex"}
-    assert set(report.truth["attention"]) == {"persam (last layer)", "uniform", "random"}
+    assert set(report.truth["attention"]) == {"persam", "uniform", "random"}  # one map: named by the model alone
     assert 0 <= report.moved["moved"] <= 1
     metrics = json.loads(write_metrics([report], tmp_path / "metrics.json").read_text())
     assert {"shift_summary", "null_tests", "truth", "shift_per_slide", "moved_to_new_region"} <= set(metrics["persam"])

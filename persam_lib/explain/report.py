@@ -67,10 +67,11 @@ def explanation_report(explanation: Explanation, cohort: Cohort, truth: GroundTr
     report = ExplanationReport(explanation.model, shifts["attention"], shift_summary, null_tests)
     if truth is not None:
         with_base = with_baselines(explanation.attention)
-        scores = {f"{explanation.model} ({MAP_NAMES[m]})": truth_scores(with_base, cohort, truth, column=m) for m in maps}
+        label = {m: f"{explanation.model} ({MAP_NAMES[m]})" if len(maps) > 1 else explanation.model for m in maps}
+        scores = {label[m]: truth_scores(with_base, cohort, truth, column=m) for m in maps}
         scores |= {name: truth_scores(with_base, cohort, truth, column=name) for name in ("uniform", "random")}
         report.truth = summarise_truth(scores, truth.deciding_field)
-        report.truth_scores = scores[f"{explanation.model} (last layer)"]
+        report.truth_scores = scores[label["attention"]]
         moved = moved_to_new_region(report.truth_scores, truth.deciding_field)
         if len(moved):
             report.moved = moved_summary(moved)
