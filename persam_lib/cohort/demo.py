@@ -8,7 +8,9 @@ while a model that reads the record can be right in all of them — and for ever
 which region its attention should be on. ``age`` and ``sex`` are noise; ``ldh`` is weakly
 informative (higher on average in subtype B), with some values missing. ``site_permuted`` is a
 negative control: ``site``'s values permuted across patients (made by the manifest loader, see
-``permutation_of``), so it has site's distribution and none of its meaning.
+``permutation_of``), so it has site's distribution and none of its meaning. ``mrn`` is a made-up
+medical record number marked ``identifying``: no model reads it and the book's privacy scan checks
+that none of its values reaches the built book.
 """
 from __future__ import annotations
 
@@ -80,7 +82,9 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
     bar.close()
 
     slides = table[["slide_id", "patient_id"]].assign(path=[f"slides/{s}.tiff" for s in table.slide_id])
-    clinical = table[["patient_id", "age", "sex", "site", "ldh", "subtype"]]
+    # a made-up medical record number: an identifying field, which no model reads and the book never shows
+    table["mrn"] = [f"MRN-{n}" for n in np.random.default_rng([config.seed, 1]).choice(np.arange(1_000_000, 10_000_000), len(table), replace=False)]
+    clinical = table[["patient_id", "mrn", "age", "sex", "site", "ldh", "subtype"]]
     regions = table[["slide_id", "patient_id", "nodular_phenotype", "diffuse_phenotype", "disagree"]]
     write_text_atomic(out / "slides.csv", slides.to_csv(index=False))
     write_text_atomic(out / "clinical.csv", clinical.to_csv(index=False, na_rep=""))
@@ -101,6 +105,7 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
         "clinical": "clinical.csv",
         "label": {"column": "subtype", "classes": ["A", "B"]},
         "fields": {
+            "mrn": {"type": "text", "identifying": True},
             "age": {"type": "numeric", "min": 0, "max": 120, "unit": "years"},
             "sex": {"type": "categorical", "values": ["F", "M"]},
             "site": {"type": "categorical", "values": ["nodal", "extranodal"]},

@@ -56,7 +56,9 @@ class Cohort:
     """A validated cohort: slides, clinical records, schema and (optionally) ground truth.
 
     `slides` has columns slide_id, patient_id, path (absolute) and optional mpp;
-    `clinical` is indexed by patient_id with one column per field plus the label column.
+    `clinical` is indexed by patient_id with one column per field plus the label column. Fields
+    marked ``identifying: true`` are neither in the schema nor in `clinical` — no model reads them
+    and no table shows them — but in `identifying`, so the book's privacy scan knows their values.
     """
 
     name: str
@@ -66,6 +68,7 @@ class Cohort:
     schema: FieldSchema
     truth_path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    identifying: pd.DataFrame | None = field(default=None, repr=False)  # fields marked identifying: true, by patient_id
 
     @property
     def root(self) -> Path:
@@ -144,9 +147,11 @@ def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem
             problems.append(Problem(path, f"the truth file {truth_path} does not exist", "Fix the 'truth' path or remove the key.", field="truth"))
     if problems or schema is None or slides is None or clinical is None:
         return None, problems
+    hidden = [f.name for f in schema.fields if f.identifying]
+    model_schema = FieldSchema(fields=tuple(f for f in schema.fields if not f.identifying), label=schema.label)
     cohort = Cohort(
-        name=str(raw["cohort"]), manifest_path=path, slides=slides, clinical=clinical,
-        schema=schema, truth_path=truth_path, raw=raw,
+        name=str(raw["cohort"]), manifest_path=path, slides=slides, clinical=clinical.drop(columns=hidden),
+        schema=model_schema, truth_path=truth_path, raw=raw, identifying=clinical[hidden],
     )
     return cohort, []
 
@@ -179,12 +184,18 @@ def _parse_schema(path: Path, raw: dict[str, Any]) -> tuple[FieldSchema | None, 
     else:
         for name, spec in fields_raw.items():
             where = f"fields.{name}"
-            if not isinstance(spec, dict) or spec.get("type") not in ("numeric", "categorical"):
-                problems.append(Problem(path, "needs `type: numeric` or `type: categorical`", "Set the field's type.", field=where))
+            if not isinstance(spec, dict) or spec.get("type") not in ("numeric", "categorical", "text"):
+                problems.append(Problem(path, "needs `type: numeric`, `type: categorical` or (for identifiers) `type: text`", "Set the field's type.", field=where))
                 continue
             known = {"type", "values", "min", "max", "unit", "identifying", "permutation_of"}
             for key in set(spec) - known:
                 problems.append(Problem(path, f"unknown key '{key}'", f"Allowed keys are {sorted(known)}.", field=where))
+            if spec["type"] == "text":
+                if not spec.get("identifying"):
+                    problems.append(Problem(path, "a text field must be marked `identifying: true`", "Free text (names, record numbers) is never a model input: mark it identifying, or give it a numeric or categorical type.", field=where))
+                else:
+                    specs.append(FieldSpec(name=str(name), type="text", identifying=True))
+                continue
             source = spec.get("permutation_of")
             if source is not None:
                 source_spec = fields_raw.get(source) if isinstance(fields_raw, dict) else None

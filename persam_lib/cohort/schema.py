@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-FieldType = Literal["numeric", "categorical"]
+FieldType = Literal["numeric", "categorical", "text"]  # text: identifiers and free text, only with identifying: true
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class FieldSpec:
     min: float | None = None  # numeric only, inclusive
     max: float | None = None
     unit: str | None = None
-    identifying: bool = False  # identifying fields never reach the book
+    identifying: bool = False  # identifying fields are never a model input and never reach the book
     permutation_of: str | None = None  # a negative control: another field's values, permuted across patients
 
     def check(self, value: Any) -> str | None:
@@ -32,7 +32,7 @@ class FieldSpec:
         Missing values (None, NaN, empty string) are allowed: the models have a learned
         "missing" token per field.
         """
-        if is_missing(value):
+        if is_missing(value) or self.type == "text":
             return None
         if self.type == "categorical":
             if str(value) not in self.values:
