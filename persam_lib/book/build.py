@@ -2,7 +2,10 @@
 
 `book/notebooks.yaml` says which notebook runs with which parameters. A notebook that fails
 is reported by name (with papermill's message) while the others still run; the build then goes
-on so the reader sees how far it got, and the command exits non-zero.
+on so the reader sees how far it got, and the command exits non-zero. Beside every executed
+notebook goes its record (``<name>.results.json``: results, provenance, parameters). After the
+HTML is built, the privacy scan reads it for real ids and identifying values (a leak fails the
+build), and, where Chromium is installed, the browser check opens it and saves a screenshot.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from persam_lib.book.parameters import declared_parameters, type_problem
+from persam_lib.book.results import write_sidecar
 
 
 @dataclass(frozen=True)
@@ -33,16 +39,21 @@ class BookReport:
     executed: dict[str, float] = field(default_factory=dict)  # name -> seconds
     failed: dict[str, str] = field(default_factory=dict)  # name -> reason
     build_returncode: int | None = None
+    leaks: list[str] = field(default_factory=list)  # privacy-scan findings
+    browser: str = ""  # the browser check's summary line, when it ran
+    browser_ok: bool = True
 
     @property
     def ok(self) -> bool:
-        return not self.failed and self.build_returncode == 0
+        return not self.failed and self.build_returncode == 0 and not self.leaks and self.browser_ok
 
     def line(self) -> str:
         parts = [f"{len(self.executed)} notebook(s) executed", f"{len(self.failed)} failed"]
         if self.failed:
             parts[-1] += f" ({', '.join(self.failed)})"
         parts.append("book built" if self.build_returncode == 0 else "book build FAILED" if self.build_returncode is not None else "book not built")
+        if self.leaks:
+            parts.append(f"PRIVACY SCAN FAILED ({len(self.leaks)} leak(s))")
         return "book: " + ", ".join(parts)
 
 
@@ -71,13 +82,15 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
     import papermill as pm
 
     root = Path(project_root).resolve()
+    specs = read_notebook_specs(root)
+    check_overrides(specs, overrides or {})
     out_dir = root / "book" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BookReport()
-    for spec in read_notebook_specs(root):
+    for spec in specs:
         if only and spec.name not in only:
             continue
-        declared = _declared_parameters(spec.source)
+        declared = declared_parameters(spec.source)
         parameters = {**spec.parameters, "work_dir": str(Path(work_dir).resolve()), **{k: v for k, v in (overrides or {}).items() if k in declared}}
         target = out_dir / f"{spec.name}.ipynb"
         tmp = out_dir / f".{spec.name}.running.ipynb"
@@ -93,20 +106,9 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
             if tmp.exists():
                 os.replace(tmp, target)  # keep the partly executed notebook: the book shows the error
             print(f"[persam book] FAILED {spec.name}: {report.failed[spec.name]}", flush=True)
+        if target.exists():
+            write_sidecar(target)
     return report
-
-
-def _declared_parameters(notebook: Path) -> set[str]:
-    """Names assigned in the notebook's cell tagged ``parameters``."""
-    import ast
-
-    import nbformat
-
-    nb = nbformat.read(notebook, as_version=4)
-    for cell in nb.cells:
-        if "parameters" in cell.metadata.get("tags", []):
-            return {t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
-    return set()
 
 
 def build_html(project_root: str | Path, *, strict: bool = False) -> int:
@@ -119,8 +121,59 @@ def build_html(project_root: str | Path, *, strict: bool = False) -> int:
     return subprocess.call(command, cwd=root)
 
 
-def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, strict: bool = False) -> BookReport:
-    """Execute all notebooks, then build the HTML book into ``_build/html``."""
-    report = execute_notebooks(project_root, work_dir, overrides)
-    report.build_returncode = build_html(project_root, strict=strict)
+def check_overrides(specs: list[NotebookSpec], overrides: dict[str, Any]) -> None:
+    """Every override must be a parameter of some notebook, of its type; else a ValueError before anything runs."""
+    problems = []
+    for name, value in overrides.items():
+        defaults = [declared_parameters(spec.source)[name] for spec in specs if name in declared_parameters(spec.source)]
+        if not defaults:
+            known = sorted({p for spec in specs for p in declared_parameters(spec.source)})
+            problems.append(f"no notebook of the book has a parameter '{name}'; parameters are {known}")
+        problems += [p for p in {type_problem(name, value, d) for d in defaults} if p]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def book_cohort_manifest(work_dir: str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """The manifest the book was computed on: the one given as a parameter, or the demo cohort's."""
+    given = (overrides or {}).get("manifest")
+    return Path(given).resolve() if given else Path(work_dir).resolve() / "cohort" / "manifest.yaml"
+
+
+def privacy_scan(html_dir: str | Path, manifest: Path) -> list[str]:
+    """The privacy scan of a built book against its cohort; findings as lines (empty: clean)."""
+    from persam_lib.book.privacy import scan_for_leaks
+    from persam_lib.cohort.manifest import load_manifest
+
+    if not manifest.is_file():
+        return [f"{manifest}: the cohort's manifest is missing, so the book cannot be checked for leaks"]
+    leaks, short = scan_for_leaks(html_dir, load_manifest(manifest, check_files=False))
+    if short:
+        print(f"[persam book] privacy scan: {len(short)} id(s)/value(s) shorter than 4 characters cannot be told from ordinary text and were not scanned", flush=True)
+    return [str(leak) for leak in leaks]
+
+
+def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, strict: bool = False, browser_check: bool = True) -> BookReport:
+    """Execute all notebooks, build the HTML book into ``_build/html``, scan it for leaks and, where
+    Chromium is installed (and ``browser_check``), open it in a browser and save a screenshot."""
+    root = Path(project_root).resolve()
+    report = execute_notebooks(root, work_dir, overrides)
+    report.build_returncode = build_html(root, strict=strict)
+    html = root / "_build" / "html"
+    if report.build_returncode == 0:
+        report.leaks = privacy_scan(html, book_cohort_manifest(work_dir, overrides))
+        for leak in report.leaks:
+            print(f"[persam book] privacy: {leak}", flush=True)
+        if browser_check:
+            from persam_lib.book.browser import check_book, find_chromium
+
+            if find_chromium():
+                result = check_book(html, screenshot=root / "_build" / "screenshots" / "index.png")
+                report.browser, report.browser_ok = result.line(), result.ok
+                print(f"[persam book] {result.line()}", flush=True)
+                for page in result.pages:
+                    for problem in page.problems:
+                        print(f"[persam book] browser: {problem}", flush=True)
+            else:
+                print("[persam book] browser check skipped: no Chromium (apt-get install chromium, or make test installs it)", flush=True)
     return report

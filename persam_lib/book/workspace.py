@@ -1,4 +1,10 @@
-"""Where the book's pipeline keeps its artefacts, so every notebook finds the previous one's output."""
+"""Where the book's pipeline keeps its artefacts, so every notebook finds the previous one's output.
+
+A notebook reads what earlier chapters made from ``work_dir`` (cohort, features, runs) and writes
+what it makes to ``output_dir``, which is ``work_dir`` itself when the book is built. A sweep
+point or a reviewer's re-execution gives its own ``output_dir``, so it neither collides with nor
+quietly reuses the published products (a training run that found finished folds would skip them).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,15 +13,23 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Workspace:
-    """A folder with the cohort (generated or linked), features, runs and explanations."""
+    """Inputs under ``root``; this notebook's products under ``output`` (default: ``root``)."""
 
     root: Path
+    output: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
+        object.__setattr__(self, "output", Path(self.output).resolve() if self.output and str(self.output) else self.root)
+
+    @classmethod
+    def of(cls, work_dir: str | Path, output_dir: str | Path = "") -> "Workspace":
+        """The workspace of a notebook's ``work_dir`` and ``output_dir`` parameters ("" = the work dir)."""
+        return cls(Path(work_dir), Path(output_dir) if str(output_dir) else None)
 
     @property
     def demo_dir(self) -> Path:
+        """Where the demo cohort is (read from the work dir)."""
         return self.root / "cohort"
 
     @property
@@ -28,10 +42,21 @@ class Workspace:
 
     @property
     def features_dir(self) -> Path:
+        """Feature files (read from the work dir)."""
         return self.root / "features"
 
     def run_dir(self, model: str) -> Path:
+        """A trained model's run directory (read from the work dir)."""
         return self.root / "runs" / model
+
+    @property
+    def out(self) -> "Workspace":
+        """The same layout under the output dir: where this notebook writes."""
+        return Workspace(self.output)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
 
     def attention_path(self, model: str) -> Path:
         return self.root / "explain" / f"{model}_attention.parquet"
