@@ -143,11 +143,57 @@ def _explain(args: argparse.Namespace) -> int:
 def _book(args: argparse.Namespace) -> int:
     from persam_lib.book.build import make_book
 
+    import yaml
+
+    from persam_lib.options import parse_assignments
+
     root = Path(args.project).resolve()
-    report = make_book(root, args.work, {"patients": args.patients} if args.patients else None, strict=args.strict)
+    overrides = {name: yaml.safe_load(value) for name, value in parse_assignments(args.set).items()}
+    if args.patients:
+        overrides["patients"] = args.patients
+    report = make_book(root, args.work, overrides or None, strict=args.strict, browser_check=not args.no_browser_check)
     print(report.line())
     if report.build_returncode == 0:
         print(f"Open {root / '_build' / 'html' / 'index.html'}")
+    return 0 if report.ok else 1
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from persam_lib.book.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep, args.project)  # every problem is reported before anything runs
+    if args.out:
+        sweep.out = args.out.resolve()
+    report = run_sweep(sweep, args.work, workers=args.workers, scheduler=args.scheduler, cwd=args.project)
+    print(report.line())
+    print(f"sweep: results table {report.table}")
+    return 1 if report.failed else 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from persam_lib.book.reproduce import reproduce
+
+    result = reproduce(args.notebook, work_dir=args.work, out_dir=args.out, source=args.source, tolerance=args.tolerance, cwd=args.project)
+    table = result.comparison.copy()
+    if len(table):
+        table["ok"] = table["ok"].map({True: "ok", False: "MISMATCH"})
+        print(table.to_string(index=False))
+    print(result.line())
+    print(f"reproduce: re-executed notebook {result.executed}")
+    return 0 if result.ok else 1
+
+
+def _check_book(args: argparse.Namespace) -> int:
+    from persam_lib.book.browser import check_book
+
+    try:
+        report = check_book(args.html, screenshot=args.screenshot)
+    except RuntimeError as err:  # no Chromium: say how to get it
+        raise ValueError(str(err)) from None
+    for page in report.pages:
+        for problem in page.problems:
+            print(f"  {problem}")
+    print(report.line())
     return 0 if report.ok else 1
 
 
@@ -242,7 +288,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", type=Path, default=Path("."), help="project root (holds _config.yml)")
     p.add_argument("--patients", type=int, default=None, help="override the demo cohort size")
     p.add_argument("--strict", action="store_true", help="jupyter-book -W -n: warnings are errors")
+    p.add_argument("--no-browser-check", action="store_true", help="skip opening the built book in headless Chromium")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a parameter for every notebook that declares it, e.g. --set epochs=3 (value read as YAML)")
     p.set_defaults(func=_book)
+
+    p = sub.add_parser("sweep", help="execute notebooks over a grid of parameters (papermill), resumable, one folder per point")
+    p.add_argument("sweep", type=Path, help="sweep YAML: notebooks with a grid or list of points (see persam_lib.book.sweep)")
+    p.add_argument("--work", type=Path, default=Path("_work/demo"), help="the book's work dir (cohort, features, runs) the points read")
+    p.add_argument("--out", type=Path, help="where points go (default: the sweep file's 'out', else runs/ beside it)")
+    p.add_argument("--workers", type=int, default=1, help="run N points at once in local processes (each gets its own GPU when there are GPUs)")
+    p.add_argument("--scheduler", help="address of a Dask scheduler: points become tasks on its workers")
+    p.add_argument("--project", type=Path, default=Path("."), help="project root (holds book/notebooks.yaml)")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("reproduce", help="re-execute a published notebook with its recorded parameters and compare its results")
+    p.add_argument("notebook", type=Path, help="an executed notebook, e.g. book/executed/training.ipynb")
+    p.add_argument("--work", type=Path, help="work dir with the earlier chapters' products (default: the recorded one)")
+    p.add_argument("--out", type=Path, help="where the re-execution writes (default: WORK/reproduce/<notebook>, emptied first)")
+    p.add_argument("--source", type=Path, help="the source notebook (default: the recorded one)")
+    p.add_argument("--tolerance", type=float, help="one absolute tolerance for every result (default: each result's published tolerance)")
+    p.add_argument("--project", type=Path, default=Path("."), help="project root (the notebooks run there)")
+    p.set_defaults(func=_reproduce)
+
+    p = sub.add_parser("check-book", help="open the built book in headless Chromium: pages, figures, links; save a screenshot")
+    p.add_argument("html", type=Path, nargs="?", default=Path("_build/html"))
+    p.add_argument("--screenshot", type=Path, default=Path("_build/screenshots/index.png"))
+    p.set_defaults(func=_check_book)
     return parser
 
 
