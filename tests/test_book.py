@@ -5,7 +5,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from persam_lib.book.build import _declared_parameters, execute_notebooks, build_html, read_notebook_specs
+from persam_lib.book.build import build_html, execute_notebooks, read_notebook_specs
+from persam_lib.book.parameters import declared_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +18,10 @@ def built_book(tmp_path_factory):
         shutil.copy(ROOT / name, project / name)
     shutil.copytree(ROOT / "book", project / "book", ignore=shutil.ignore_patterns("executed"))
     shutil.copytree(ROOT / "notebooks", project / "notebooks")
-    report = execute_notebooks(project, project / "_work", {"patients": 8, "epochs": 3, "folds": 2, "examples": 1})
+    tiny_sweep = project / "book" / "sweeps" / "tiny.yaml"
+    tiny_sweep.write_text("name: tiny\nnotebooks:\n  - notebook: training\n    grid: {seed: [0, 1]}\n    parameters: {models: [abmil], epochs: 2, folds: 2, workers: 1}\n")
+    overrides = {"patients": 8, "epochs": 3, "folds": 2, "examples": 1, "slides": 4, "workers": 1, "sweep_file": str(tiny_sweep)}
+    report = execute_notebooks(project, project / "_work", overrides)
     report.build_returncode = build_html(project, strict=True)
     return project, report
 
@@ -30,13 +34,13 @@ def test_every_chapter_executes_and_the_book_builds_without_warnings(built_book)
     html = project / "_build" / "html"
     for name in report.executed:
         page = (html / "book" / "executed" / f"{name}.html").read_text()
-        assert "Traceback" not in page and "<img" in page, name
+        assert "Traceback" not in page and ("<img" in page or name == "reproducibility"), name  # every chapter but the tables-only one draws
 
 
 def test_executed_notebooks_carry_results_and_figures(built_book):
     project, _ = built_book
     images = 0
-    for name in ("cohort", "training", "attention", "attributions"):
+    for name in ("cohort", "features", "training", "attention", "attributions", "sweeps", "reproducibility"):
         nb = nbformat.read(project / "book" / "executed" / f"{name}.ipynb", as_version=4)
         for cell in nb.cells:
             for out in cell.get("outputs", []):
@@ -53,5 +57,57 @@ def test_executed_notebooks_carry_results_and_figures(built_book):
 
 
 def test_overrides_reach_only_notebooks_that_declare_them():
-    assert "patients" in _declared_parameters(ROOT / "notebooks" / "cohort.ipynb")
-    assert "patients" not in _declared_parameters(ROOT / "notebooks" / "training.ipynb")
+    assert "patients" in declared_parameters(ROOT / "notebooks" / "cohort.ipynb")
+    assert "patients" not in declared_parameters(ROOT / "notebooks" / "training.ipynb")
+
+
+def test_every_chapter_records_its_results_and_provenance(built_book):
+    from persam_lib.book.results import read_sidecar
+
+    project, report = built_book
+    for name in report.executed:
+        record = read_sidecar(project / "book" / "executed" / f"{name}.results.json")
+        assert record.error is None and record.provenance["parameters"]["work_dir"] == str((project / "_work").resolve()), name
+        assert record.provenance["git_commit"] and "torch" in record.provenance["packages"], name
+        if name != "reproducibility":
+            assert record.results, name
+    training = read_sidecar(project / "book" / "executed" / "training.results.json")
+    assert training.parameters["epochs"] == 3 and 0 <= training.results["persam_balanced_accuracy"] <= 1
+    assert "This chapter was computed with" in (project / "_build" / "html" / "book" / "executed" / "training.html").read_text()
+
+
+def test_the_built_book_leaks_no_identifying_value(built_book):
+    from persam_lib.book.build import privacy_scan
+
+    project, _ = built_book
+    manifest = project / "_work" / "cohort" / "manifest.yaml"
+    assert privacy_scan(project / "_build" / "html", manifest) == []
+    mrn = (project / "_work" / "cohort" / "clinical.csv").read_text().splitlines()[1].split(",")[1]
+    assert mrn.startswith("MRN-")
+    leaked = project / "_build" / "html" / "book" / "leak.html"
+    leaked.write_text(f"<p>{mrn}</p>")
+    try:
+        assert privacy_scan(project / "_build" / "html", manifest) == [f"{leaked}: identifying field 'mrn' {mrn!r}"]
+    finally:
+        leaked.unlink()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium") and __import__("os").environ.get("PERSAM_REQUIRE_BROWSER") != "1", reason="needs Chromium (make test installs it)")
+def test_the_built_book_opens_in_a_browser(built_book, tmp_path):
+    from persam_lib.book.browser import check_book
+
+    project, report = built_book
+    result = check_book(project / "_build" / "html", screenshot=tmp_path / "index.png")
+    assert result.ok, [p.problems for p in result.pages]
+    pages = {p.page for p in result.pages}
+    assert {f"book/executed/{name}.html" for name in report.executed} <= pages and "book/api.html" in pages
+    assert sum(p.images for p in result.pages) >= 8 and (tmp_path / "index.png").stat().st_size > 10_000
+
+
+def test_reproduce_a_chapter_of_the_built_book(built_book):
+    from persam_lib.book.reproduce import reproduce
+
+    project, _ = built_book
+    result = reproduce(project / "book" / "executed" / "training.ipynb", cwd=project)
+    assert result.ok, result.comparison
+    assert (result.comparison["difference"] == 0).all()  # the same CPU and seed: identical numbers

@@ -86,12 +86,16 @@ def parse_alteration(text: str, schema: FieldSchema) -> Alteration:
 
 
 def alterations_from_yaml(path: str | Path, schema: FieldSchema) -> list[Alteration]:
-    """Alterations listed in a YAML file (loaded safely), each a mapping of several edits at once::
+    """Alterations listed in a YAML file (loaded safely), each a mapping of several edits at once.
+
+    For example::
 
         alterations:
           - {site: extranodal}
           - {site: nodal, ldh: 600}
           - "sex=F;age=30"        # the command-line form works too
+
+    Every edit is validated against the schema; errors name the file, the entry and the field.
     """
     path = Path(path)
     if not path.is_file():

@@ -283,7 +283,7 @@ class TransformerBlock(nn.Module):
         self.drop = Dropout(dropout)
 
     def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """globals_ (B, G, d), patches (B, N, d), patch_mask (B, N) → updated globals_ and patches."""
+        """Global tokens (B, G, d), patch tokens (B, N, d) and the patch mask (B, N) → the updated global and patch tokens."""
         attended_g, attended_p = self.attn(self.norm1(globals_), self.norm1(patches), patch_mask)
         globals_, patches = globals_ + self.drop(attended_g), patches + self.drop(attended_p)
         return globals_ + self.drop(self.mlp(self.norm2(globals_))), patches + self.drop(self.mlp(self.norm2(patches)))

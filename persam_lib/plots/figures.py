@@ -163,7 +163,7 @@ def shap_beeswarm(shap_values: pd.DataFrame, field_values: pd.DataFrame, ax: Axe
 
 
 def attention_vs_attribution(table: pd.DataFrame, ax: Axes | None = None) -> Axes:
-    """Per model, the spread over slides of the Spearman correlation between attention and |IG| per patch."""
+    """Per model, the spread over slides of the Spearman correlation between attention and the size of the Integrated Gradients per patch."""
     ax = ax or plt.subplots(figsize=(6, 0.6 + 0.5 * table["model"].nunique()))[1]
     sns.stripplot(data=table, x="ig_attention_spearman", y="model", alpha=0.5, ax=ax)
     sns.pointplot(data=table, x="ig_attention_spearman", y="model", errorbar=("ci", 95), color="k", markers="d", linestyles="none", ax=ax)
