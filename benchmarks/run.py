@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_explain, bench_extract, bench_models
+from benchmarks import bench_explain, bench_extract, bench_models, bench_sweep
 from benchmarks.common import print_table
 
 BENCHMARKS = {
     "extract": (bench_extract, "feature extraction (one core per process)"),
     "models": (bench_models, "models: training step against bag size"),
     "explain": (bench_explain, "explain: altered records and heatmaps"),
+    "sweep": (bench_sweep, "sweeps: points in parallel"),
 }
 
 

@@ -324,10 +324,12 @@ def run_sweep(sweep: Sweep, work_dir: str | Path, *, workers: int = 1, scheduler
                 bar.update()
     elif workers > 1 and len(todo) > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed as completed
+        from contextlib import nullcontext
         from multiprocessing import Manager, get_context
 
-        with Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            gpus = _gpu_queue(manager)
+        gpu_count = _gpu_count()
+        with (Manager() if gpu_count else nullcontext()) as manager, ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            gpus = _gpu_queue(manager, gpu_count) if gpu_count else None
             threads = max(1, (os.cpu_count() or 1) // workers)
             futures = [pool.submit(_run_point, (p, str(sweep.out), work_dir, cwd, gpus, threads)) for p in todo]
             for future in completed(futures):
@@ -342,16 +344,18 @@ def run_sweep(sweep: Sweep, work_dir: str | Path, *, workers: int = 1, scheduler
     return report
 
 
-def _gpu_queue(manager: Any) -> Any:
-    """A queue of this machine's GPU ids (None without GPUs): each running point takes one."""
+def _gpu_count() -> int:
+    """GPUs on this machine (0 without CUDA)."""
     try:
         import torch
 
-        count = torch.cuda.device_count()
+        return torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no usable CUDA
-        count = 0
-    if count == 0:
-        return None
+        return 0
+
+
+def _gpu_queue(manager: Any, count: int) -> Any:
+    """A queue of GPU ids shared by the worker processes: each running point takes one and gives it back."""
     queue = manager.Queue()
     for gpu in range(count):
         queue.put(gpu)
