@@ -82,6 +82,8 @@ def test_points_run_fail_alone_and_a_rerun_resumes(project, tmp_path):
     again = run_sweep(sweep, tmp_path / "work", cwd=project, progress=False)
     assert [o.status for o in again.outcomes] == ["skipped", "skipped", "failed"]  # finished points are kept, the failed one retried
     assert (ok / "results.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="computed on the work dir"):  # finished points are reused only on the same inputs
+        run_sweep(sweep, tmp_path / "other_work", cwd=project, progress=False)
 
 
 def test_parallel_workers_and_the_command(project, tmp_path, capsys):
@@ -92,3 +94,14 @@ def test_parallel_workers_and_the_command(project, tmp_path, capsys):
     assert sorted(table[table.result == "double"]["value"].astype(float)) == [2.0, 4.0, 6.0]
     assert main(["sweep", str(_sweep(project, "notebooks:\n  - notebook: toy\n    grid: {y: [1]}\n")), "--project", str(project)]) == 2
     assert "has no parameter 'y'" in capsys.readouterr().err
+
+
+def test_points_run_as_tasks_on_a_dask_cluster(project, tmp_path):
+    from dask.distributed import LocalCluster
+
+    sweep = load_sweep(_sweep(project, "notebooks:\n  - notebook: toy\n    points: [{x: 4}, {x: 5, fail: true}]\n"), project)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        report = run_sweep(sweep, tmp_path / "work", scheduler=cluster.scheduler_address, cwd=project, progress=False)
+    assert sorted(o.status for o in report.outcomes) == ["done", "failed"]
+    assert json.loads((point_dir(sweep.out, sweep.points[0]) / "results.json").read_text())["results"]["double"] == 8.0
+    assert (point_dir(sweep.out, sweep.points[1]) / "failure.json").is_file()

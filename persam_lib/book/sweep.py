@@ -307,12 +307,16 @@ def run_sweep(sweep: Sweep, work_dir: str | Path, *, workers: int = 1, scheduler
 
     report = SweepReport()
     todo = []
+    work_dir, cwd = str(Path(work_dir).resolve()), str(Path(cwd).resolve())
     for point in sweep.points:
-        if (point_dir(sweep.out, point) / "results.json").is_file():
+        folder = point_dir(sweep.out, point)
+        if (folder / "results.json").is_file():
+            recorded = json.loads((folder / "parameters.json").read_text()).get("work_dir", work_dir)
+            if recorded != work_dir:  # a finished point is only "the same point" on the same inputs
+                raise ValueError(f"{folder}: this point was computed on the work dir {recorded}, not {work_dir}; give the sweep another --out (or delete the old one)")
             report.outcomes.append(PointOutcome(point.notebook, point.key, "skipped"))
         else:
             todo.append(point)
-    work_dir, cwd = str(Path(work_dir).resolve()), str(Path(cwd).resolve())
     bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", disable=not progress)
     if scheduler:
         from dask.distributed import Client, as_completed
