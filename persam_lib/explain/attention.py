@@ -27,6 +27,7 @@ from persam_lib.features.store import feature_path, read_features
 from persam_lib.models.base import ModelOutput
 from persam_lib.train.checkpoint import LoadedModel
 from persam_lib.train.data import collate_records
+from persam_lib.train.distributed import Distributed
 from persam_lib.train.run import Run
 
 ATTENTION_COLUMNS = ["slide_id", "x", "y", "size", "record", "attention"]
@@ -68,7 +69,7 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path, alterations:
     Without ``alterations``, `default_alterations`: every categorical field to each of its other
     values, every numeric field to the cohort's ``config.quantiles``.
     """
-    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else ("cpu" if config.device == "auto" else config.device))
+    device = Distributed().device(config.device)  # "auto": CUDA when present
     folds = run.folds
     records = cohort.records()
     numeric = numeric_targets(cohort.schema, records, config.quantiles) if alterations is None else {}

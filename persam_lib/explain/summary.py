@@ -51,7 +51,8 @@ def null_comparison(shift: pd.DataFrame, null_fields: list[str], metric: str = "
     Per slide the difference is (mean ``metric`` when altering the field) − (the same for the null
     field); reported: the mean of each, the mean difference with a 95% bootstrap CI, and the
     one-sided Wilcoxon signed-rank p-value for "the field moves attention more than the null".
-    ``moves_more`` is p < ``alpha``. Similarity metrics (top-k Jaccard) are turned into
+    ``moves_more`` needs both: p < ``alpha`` and the CI of the mean difference above 0 (the rank
+    test alone can call a skewed set of tiny differences "more" while the mean difference is 0). Similarity metrics (top-k Jaccard) are turned into
     dissimilarities (1 − value) first, so "more" always means "moved further".
     """
     table = per_slide(shift, metric)
@@ -71,7 +72,7 @@ def null_comparison(shift: pd.DataFrame, null_fields: list[str], metric: str = "
             row: dict[str, object] = {"field": field, "null_field": null, "metric": metric if metric != "topk_jaccard" else "1 - topk_jaccard", "slides": len(pair), "field_mean": float(pair[field].mean()), "null_mean": float(pair[null].mean())}
             _with_ci(row, "difference", diff)
             row["p_value"] = float(wilcoxon(diff, alternative="greater").pvalue) if np.any(diff != 0) else 1.0
-            row["moves_more"] = row["p_value"] < alpha
+            row["moves_more"] = bool(row["p_value"] < alpha and row["difference_low"] > 0)
             rows.append(row)
     columns = ["field", "null_field", "metric", "slides", "field_mean", "null_mean", "difference", "difference_low", "difference_high", "p_value", "moves_more"]
     return pd.DataFrame(rows, columns=columns)
