@@ -80,20 +80,20 @@ def _heatmap_job(out: str) -> tuple[float, float]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from benchmarks.bench_models import _status_mb
+    from benchmarks.common import status_mb
     from persam_lib.plots.figures import attention_heatmap
 
     coords, shape, downsample = _slide_layout(SLIDE_PATCHES)
     thumbnail = np.full((*shape, 3), 240, dtype=np.uint8)
     attention = np.random.default_rng(1).dirichlet(np.ones(len(coords)))
     Path("/proc/self/clear_refs").write_text("5")
-    start_mb = _status_mb("VmRSS")
+    start_mb = status_mb("VmRSS")
     start = time.perf_counter()
     fig, ax = plt.subplots(figsize=(8, 8))
     attention_heatmap(thumbnail, downsample, coords, 256, attention, ax=ax, title="100k patches")
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    return time.perf_counter() - start, _status_mb("VmHWM") - start_mb
+    return time.perf_counter() - start, status_mb("VmHWM") - start_mb
 
 
 def heatmap_rows() -> list[Row]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Row
+from benchmarks.common import Row, status_mb
 
 FEATURE_DIM = 1024
 
@@ -61,14 +61,6 @@ def step_times(n: int, device: torch.device, rounds: int = 6) -> tuple[float, fl
     return best["persam"], best["abmil"]
 
 
-def _status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
-
-
 def _peak_mb(job: tuple[str, int, bool, int]) -> float:
     """Peak memory (MB) of two training steps with their model, optimiser and bag, in a fresh process.
 
@@ -88,7 +80,7 @@ def _peak_mb(job: tuple[str, int, bool, int]) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     if Path("/proc/self/status").exists():
-        return _status_mb("VmHWM")
+        return status_mb("VmHWM")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

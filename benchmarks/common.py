@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 
@@ -37,3 +38,11 @@ def print_table(title: str, rows: list[Row]) -> None:
     print(f"{'measure':<{width}} {'value':>12} {'reference':>12} {'ratio':>7}  goal")
     for r in rows:
         print(f"{r.name:<{width}} {r.value:>10.2f} {r.unit:<1} {r.reference:>10.2f} {r.unit:<1} {r.ratio:>7.2f}  {r.goal}")
+
+
+def status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS: now, VmHWM: peak since start or reset) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)

@@ -106,9 +106,9 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
-    from persam_lib.explain.attention import ExplainConfig, explain_run, write_table
+    from persam_lib.explain.attention import ExplainConfig, check_table_path, explain_run, write_table
     from persam_lib.explain.records import alterations_from_yaml, parse_alteration
-    from persam_lib.explain.report import example_slides, explanation_report, null_fields_of, write_figures, write_metrics
+    from persam_lib.explain.report import check_metrics_path, example_slides, explanation_report, null_fields_of, write_figures, write_metrics
     from persam_lib.explain.truth import load_truth
     from persam_lib.train.run import Run
 
@@ -120,10 +120,9 @@ def _explain(args: argparse.Namespace) -> int:
     quantiles = tuple(float(q) for q in args.quantiles.split(",") if q.strip())
     truth = load_truth(cohort)
     nulls = null_fields_of(cohort, truth, args.null_field)  # checked before the long part
-    if args.out.suffix not in (".csv", ".parquet"):
-        raise ValueError(f"{args.out}: the attention table must end in .csv or .parquet")
-    if args.metrics is not None and args.metrics.suffix != ".json":
-        raise ValueError(f"{args.metrics}: the metrics file must end in .json")
+    check_table_path(args.out)  # bad output names fail before the long part, not after it
+    if args.metrics is not None:
+        check_metrics_path(args.metrics)
     features = args.features or _features_of(run)
     explanation = explain_run(run, cohort, features, alterations or None, ExplainConfig(quantiles=quantiles, per_head=args.per_head))
     write_table(explanation.attention, args.out)

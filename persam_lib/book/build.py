@@ -83,15 +83,15 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
 
     root = Path(project_root).resolve()
     specs = read_notebook_specs(root)
-    check_overrides(specs, overrides or {})
+    declared = {spec.name: declared_parameters(spec.source) for spec in specs}  # each notebook read once
+    check_overrides(declared, overrides or {})
     out_dir = root / "book" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BookReport()
     for spec in specs:
         if only and spec.name not in only:
             continue
-        declared = declared_parameters(spec.source)
-        parameters = {**spec.parameters, "work_dir": str(Path(work_dir).resolve()), **{k: v for k, v in (overrides or {}).items() if k in declared}}
+        parameters = {**spec.parameters, "work_dir": str(Path(work_dir).resolve()), **{k: v for k, v in (overrides or {}).items() if k in declared[spec.name]}}
         target = out_dir / f"{spec.name}.ipynb"
         tmp = out_dir / f".{spec.name}.running.ipynb"
         start = time.perf_counter()
@@ -121,13 +121,14 @@ def build_html(project_root: str | Path, *, strict: bool = False) -> int:
     return subprocess.call(command, cwd=root)
 
 
-def check_overrides(specs: list[NotebookSpec], overrides: dict[str, Any]) -> None:
-    """Every override must be a parameter of some notebook, of its type; else a ValueError before anything runs."""
+def check_overrides(declared: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> None:
+    """Every override must be a parameter of some notebook (``declared``: notebook → its parameters
+    with defaults), of its type; else a ValueError before anything runs."""
     problems = []
     for name, value in overrides.items():
-        defaults = [declared_parameters(spec.source)[name] for spec in specs if name in declared_parameters(spec.source)]
+        defaults = [parameters[name] for parameters in declared.values() if name in parameters]
         if not defaults:
-            known = sorted({p for spec in specs for p in declared_parameters(spec.source)})
+            known = sorted({p for parameters in declared.values() for p in parameters})
             problems.append(f"no notebook of the book has a parameter '{name}'; parameters are {known}")
         problems += [p for p in {type_problem(name, value, d) for d in defaults} if p]
     if problems:

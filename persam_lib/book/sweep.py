@@ -90,11 +90,12 @@ def _value(node: yaml.Node) -> Any:
 
 
 def _book_chapters(project_root: Path) -> dict[str, Path]:
-    path = project_root / "book" / "notebooks.yaml"
-    if not path.is_file():
+    """The book's chapters (``book/notebooks.yaml``) by name; none outside a book project."""
+    from persam_lib.book.build import read_notebook_specs
+
+    if not (project_root / "book" / "notebooks.yaml").is_file():
         return {}
-    entries = (yaml.safe_load(path.read_text()) or {}).get("notebooks", [])
-    return {str(e["name"]): project_root / str(e["source"]) for e in entries if "name" in e and "source" in e}
+    return {spec.name: spec.source for spec in read_notebook_specs(project_root)}
 
 
 def load_sweep(path: str | Path, project_root: str | Path = ".") -> Sweep:

@@ -47,7 +47,7 @@ class Workspace:
 
     def run_dir(self, model: str) -> Path:
         """A trained model's run directory (read from the work dir)."""
-        return self.root / "runs" / model
+        return self.runs_dir / model
 
     @property
     def out(self) -> "Workspace":

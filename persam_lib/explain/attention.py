@@ -31,9 +31,6 @@ from persam_lib.train.distributed import Distributed
 from persam_lib.train.run import Run
 
 ATTENTION_COLUMNS = ["slide_id", "x", "y", "size", "record", "attention"]
-MAPS = ("attention", "attention_rollout")  # the attention maps every explanation holds
-
-
 @dataclass(frozen=True)
 class ExplainConfig:
     """How to explain a run; the defaults are what `persam explain` and the book use."""
@@ -109,16 +106,17 @@ def _attention_rows(slide_id: str, coords: np.ndarray, size: int, labels: list[s
     return pd.DataFrame(columns)
 
 
-def map_columns(attention: pd.DataFrame) -> list[str]:
-    """The attention-map columns a table holds (last layer, rollout, per head)."""
-    return [c for c in attention.columns if c == "attention" or c.startswith("attention_")]
+def check_table_path(path: str | Path) -> Path:
+    """``path`` if it names a table `write_table` can write (.csv or .parquet), else a ValueError."""
+    path = Path(path)
+    if path.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{path}: the output must end in .csv or .parquet")
+    return path
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write CSV or parquet (by suffix) atomically."""
-    path = Path(path)
-    if path.suffix not in (".csv", ".parquet"):
-        raise ValueError(f"{path}: the output must end in .csv or .parquet")
+    path = check_table_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if path.suffix == ".parquet":

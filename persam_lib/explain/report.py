@@ -22,7 +22,7 @@ from persam_lib.explain.attention import Explanation
 from persam_lib.explain.records import ORIGINAL, field_of
 from persam_lib.explain.shift import attention_shift
 from persam_lib.explain.summary import moved_summary, moved_to_new_region, null_comparison, summarise_shift, summarise_truth
-from persam_lib.explain.truth import GroundTruth, truth_scores, with_baselines
+from persam_lib.explain.truth import GroundTruth, truth_scores_of, with_baselines
 
 MAP_NAMES = {"attention": "last layer", "attention_rollout": "rollout"}
 
@@ -68,8 +68,8 @@ def explanation_report(explanation: Explanation, cohort: Cohort, truth: GroundTr
     if truth is not None:
         with_base = with_baselines(explanation.attention)
         label = {m: f"{explanation.model} ({MAP_NAMES[m]})" if len(maps) > 1 else explanation.model for m in maps}
-        scores = {label[m]: truth_scores(with_base, cohort, truth, column=m) for m in maps}
-        scores |= {name: truth_scores(with_base, cohort, truth, column=name) for name in ("uniform", "random")}
+        by_column = truth_scores_of(with_base, cohort, truth, [*maps, "uniform", "random"])  # masks read once per slide
+        scores = {label.get(column, column): table for column, table in by_column.items()}
         report.truth = summarise_truth(scores, truth.deciding_field)
         report.truth_scores = scores[label["attention"]]
         moved = moved_to_new_region(report.truth_scores, truth.deciding_field)
@@ -78,11 +78,17 @@ def explanation_report(explanation: Explanation, cohort: Cohort, truth: GroundTr
     return report
 
 
-def write_metrics(reports: list[ExplanationReport], path: str | Path) -> Path:
-    """All tables of ``reports`` as one JSON file: ``{model: {table: [rows...]}, ...}`` (written atomically)."""
+def check_metrics_path(path: str | Path) -> Path:
+    """``path`` if it names a .json file, else a ValueError."""
     path = Path(path)
     if path.suffix != ".json":
         raise ValueError(f"{path}: the metrics file must end in .json")
+    return path
+
+
+def write_metrics(reports: list[ExplanationReport], path: str | Path) -> Path:
+    """All tables of ``reports`` as one JSON file: ``{model: {table: [rows...]}, ...}`` (written atomically)."""
+    path = check_metrics_path(path)
 
     def clean(value):
         return None if isinstance(value, float) and math.isnan(value) else value

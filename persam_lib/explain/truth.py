@@ -95,9 +95,15 @@ def truth_scores(attention: pd.DataFrame, cohort: Cohort, truth: GroundTruth, co
     uniform_diagnostic (the mass a uniform map would put there), and ``mass_<region>`` for every
     region kind, so later comparisons need no second pass over masks.
     """
+    return truth_scores_of(attention, cohort, truth, [column])[column]
+
+
+def truth_scores_of(attention: pd.DataFrame, cohort: Cohort, truth: GroundTruth, columns: list[str]) -> dict[str, pd.DataFrame]:
+    """`truth_scores` for several maps of one table at once: each slide's masks are read and its
+    region fractions computed once, whatever the number of maps."""
     records = cohort.records()
     patients = cohort.slides.set_index("slide_id")["patient_id"]
-    rows = []
+    rows: dict[str, list[dict]] = {column: [] for column in columns}
     for slide_id, slide in attention.groupby("slide_id", sort=False):
         original_value = records.loc[patients[slide_id], truth.deciding_field]
         first = slide[slide["record"] == slide["record"].iloc[0]]
@@ -107,23 +113,25 @@ def truth_scores(attention: pd.DataFrame, cohort: Cohort, truth: GroundTruth, co
         for record, part in slide.groupby("record", sort=False):
             value = _deciding_value(record, truth.deciding_field, original_value)
             region = truth.region_for(value)
-            weights = np.zeros(len(coords))
-            weights[[key[xy] for xy in map(tuple, part[["x", "y"]].to_numpy())]] = part[column].to_numpy()
-            mass = {name: float(weights @ fraction) for name, fraction in fractions.items()}
-            rows.append(
-                {
-                    "slide_id": slide_id,
-                    "record": record,
-                    "deciding_value": value,
-                    "diagnostic_region": region,
-                    "mass_diagnostic": mass[region],
-                    "auroc": patch_auroc(weights, fractions[region]),
-                    "mass_other_region": sum(m for name, m in mass.items() if name != region),
-                    "uniform_diagnostic": float(fractions[region].mean()),
-                    **{f"mass_{name}": m for name, m in mass.items()},
-                }
-            )
-    return pd.DataFrame(rows)
+            order = [key[xy] for xy in map(tuple, part[["x", "y"]].to_numpy())]
+            for column in columns:
+                weights = np.zeros(len(coords))
+                weights[order] = part[column].to_numpy()
+                mass = {name: float(weights @ fraction) for name, fraction in fractions.items()}
+                rows[column].append(
+                    {
+                        "slide_id": slide_id,
+                        "record": record,
+                        "deciding_value": value,
+                        "diagnostic_region": region,
+                        "mass_diagnostic": mass[region],
+                        "auroc": patch_auroc(weights, fractions[region]),
+                        "mass_other_region": sum(m for name, m in mass.items() if name != region),
+                        "uniform_diagnostic": float(fractions[region].mean()),
+                        **{f"mass_{name}": m for name, m in mass.items()},
+                    }
+                )
+    return {column: pd.DataFrame(part) for column, part in rows.items()}
 
 
 def _deciding_value(record: str, field: str, original: str) -> str:

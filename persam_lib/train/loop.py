@@ -191,7 +191,7 @@ def fit(
     while state.epoch < config.epochs and state.stale < config.patience:
         model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
-        losses = []
+        loss_sum, steps = 0.0, 0  # this rank's share of each step's loss; combined over ranks once per epoch
         for start in range(0, len(order), config.batch_size):
             chunk = [train[i] for i in order[start : start + config.batch_size]]
             # each rank's loss is its share's weighted sum over the whole chunk's weight, times the
@@ -210,10 +210,10 @@ def fit(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
-            losses.append(distributed.sum([loss.item() / distributed.world_size], device)[0])
+            loss_sum, steps = loss_sum + loss.item(), steps + 1
         val_loss, val_accuracy = _validation(model, val, records, encoder, normaliser, device, distributed)
         state.epoch += 1
-        state.history.append({"epoch": state.epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "val_accuracy": val_accuracy})
+        state.history.append({"epoch": state.epoch, "train_loss": distributed.sum([loss_sum], device)[0] / (distributed.world_size * steps), "val_loss": val_loss, "val_accuracy": val_accuracy})
         if val_loss < state.best_loss - 1e-4:
             state.best_loss, state.best_state, state.stale = val_loss, copy.deepcopy(model.state_dict()), 0
         else:
