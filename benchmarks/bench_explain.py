@@ -31,7 +31,7 @@ def records_vs_separate(name: str, folder: Path, n: int = 10_000, k: int = 10, f
     from persam_lib.models import ModelConfig, create_model
     from persam_lib.models.clinical import RecordEncoder
     from persam_lib.train.checkpoint import LoadedModel
-    from persam_lib.train.data import FeatureNormaliser
+    from persam_lib.train.data import Bag, FeatureNormaliser
 
     rng = np.random.default_rng(0)
     side = int(n**0.5) + 1
@@ -46,14 +46,13 @@ def records_vs_separate(name: str, folder: Path, n: int = 10_000, k: int = 10, f
     loaded = LoadedModel(name, create_model(name, config).eval(), config, encoder, normaliser)
 
     def one_batch(read: bool = True):
-        data = read_features(path) if read else cached
-        records_output(loaded, data.features, data.coords, records)
+        records_output(loaded, as_bag(read_features(path) if read else cached), records)
 
     def separately(read: bool = True):
         for i in range(k):
-            data = read_features(path) if read else cached
-            records_output(loaded, data.features, data.coords, records.iloc[i : i + 1])
+            records_output(loaded, as_bag(read_features(path) if read else cached), records.iloc[i : i + 1])
 
+    as_bag = lambda data: Bag("S", "P", data.features, data.coords, data.patch_size_level0, 0)  # noqa: E731
     cached = read_features(path)
     one_batch(), separately()  # warm-up
     return [

@@ -16,10 +16,15 @@ from persam_lib.train.loop import TrainConfig
 
 
 def _demo_cohort(args: argparse.Namespace) -> int:
-    from persam_lib.cohort.demo import DemoConfig, make_demo_cohort
+    if args.kind == "radiograph":
+        from persam_lib.cohort.demo_images import RadiographCohortConfig, make_radiograph_cohort
 
-    manifest = make_demo_cohort(args.out, DemoConfig(patients=args.patients, seed=args.seed))
-    print(f"demo cohort: {args.patients} patients written; manifest: {manifest}")
+        manifest = make_radiograph_cohort(args.out, RadiographCohortConfig(patients=args.patients or 160, seed=args.seed))
+    else:
+        from persam_lib.cohort.demo import DemoConfig, make_demo_cohort
+
+        manifest = make_demo_cohort(args.out, DemoConfig(patients=args.patients or 128, seed=args.seed))
+    print(f"demo cohort ({args.kind}): written; manifest: {manifest}")
     return 0
 
 
@@ -27,7 +32,11 @@ def _validate(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
 
     cohort = load_manifest(args.manifest)
-    print(f"{args.manifest}: valid — cohort '{cohort.name}', {len(cohort.slides)} slide(s), {len(cohort.clinical)} patient(s), fields {cohort.schema.names}")
+    if cohort.modality == "images":  # images are cheap to decode: check every one now, not at training time
+        from persam_lib.train.data import load_images
+
+        load_images(cohort)
+    print(f"{args.manifest}: valid — cohort '{cohort.name}', {len(cohort.slides)} {cohort.sample_name}(s), {len(cohort.clinical)} patient(s), fields {cohort.schema.names}")
     return 0
 
 
@@ -123,7 +132,7 @@ def _explain(args: argparse.Namespace) -> int:
     check_table_path(args.out)  # bad output names fail before the long part, not after it
     if args.metrics is not None:
         check_metrics_path(args.metrics)
-    features = args.features or _features_of(run)
+    features = args.features or (None if cohort.modality == "images" else _features_of(run))
     explanation = explain_run(run, cohort, features, alterations or None, ExplainConfig(quantiles=quantiles, per_head=args.per_head))
     write_table(explanation.attention, args.out)
     print(f"explain: {explanation.attention['slide_id'].nunique()} slide(s), {explanation.attention['record'].nunique()} record(s) -> {args.out}")
@@ -213,12 +222,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="persam", description="Attention models that read a whole-slide image together with the clinical record.")
+    parser = argparse.ArgumentParser(prog="persam", description="Attention models that read a whole-slide image or a 2-D medical image together with the clinical record.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo-cohort", help="generate the demo cohort (slides, clinical table, ground truth)")
+    p = sub.add_parser("demo-cohort", help="generate a demo cohort (slides or radiographs, clinical table, ground truth)")
     p.add_argument("out", type=Path)
-    p.add_argument("--patients", type=int, default=128)
+    p.add_argument("--kind", choices=["slide", "radiograph"], default="slide", help="whole-slide images (default) or 2-D chest radiographs")
+    p.add_argument("--patients", type=int, default=None, help="default: 128 slides, 160 radiographs")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo_cohort)
 
@@ -251,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="patient-level cross-validated training into a run directory (resumable; torchrun for several GPUs)")
     p.add_argument("manifest", type=Path)
-    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--features", type=Path, help="features directory (slide cohorts; image cohorts are read from their files)")
     p.add_argument("--model", default="persam")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     _add_training_options(p)
@@ -259,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="train several models on identical folds and write one comparison table")
     p.add_argument("manifest", type=Path)
-    p.add_argument("--features", type=Path, required=True)
-    p.add_argument("--models", required=True, help="comma-separated, e.g. persam,mma_mgmu,chexradinet,abmil,transmil,concat,clinical_only")
+    p.add_argument("--features", type=Path, help="features directory (slide cohorts; image cohorts are read from their files)")
+    p.add_argument("--models", required=True, help="comma-separated, e.g. persam,mma_mgmu,chexradinet,abmil,transmil,concat,clinical_only (slides) or persam,mma_mgmu,chexradinet,cnn,cnn_concat,clinical_only (images)")
     p.add_argument("--out", type=Path, required=True, help="one run directory per model goes here, plus comparison.csv")
     _add_training_options(p)
     p.add_argument("--workers", type=int, default=1, help="train models in N parallel processes (CPU)")
@@ -278,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="attention table, .csv or .parquet")
     p.add_argument("--metrics", type=Path, help="write shift, null-test and ground-truth tables to this .json file")
     p.add_argument("--figures", type=Path, help="write heatmaps and small multiples (PNG) into this folder")
-    p.add_argument("--slides", help="comma-separated slide ids for --figures (default: --figure-slides examples)")
+    p.add_argument("--slides", help="comma-separated slide (or image) ids for --figures (default: --figure-slides examples)")
     p.add_argument("--figure-slides", type=int, default=4, help="how many example slides --figures draws")
     p.set_defaults(func=_explain)
 

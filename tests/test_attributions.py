@@ -5,14 +5,14 @@ import torch
 
 from persam_lib.explain.attributions import attribute_run, decode_fields, encode_fields, integrated_gradients, shap_fields
 from persam_lib.explain.attention import records_output
-from persam_lib.features.store import feature_path, read_features
+from persam_lib.train.data import ImageInput, load_sample
 from persam_lib.models import ModelConfig, create_model
 from persam_lib.train.checkpoint import LoadedModel
 
 
 def _slide(tiny_cohort, tiny_features, index=0):
     row = tiny_cohort.slides.iloc[index]
-    return read_features(feature_path(tiny_features, row.slide_id)), tiny_cohort.records().loc[row.patient_id]
+    return load_sample(tiny_cohort, row.slide_id, tiny_features, ImageInput()), tiny_cohort.records().loc[row.patient_id]
 
 
 @pytest.mark.parametrize("name", ["persam", "abmil", "concat"])
@@ -27,7 +27,7 @@ def test_integrated_gradients_are_complete(name, tiny_run, tiny_cohort, tiny_fea
                 p.normal_(0, 0.5)
     loaded = LoadedModel(name, model, trained.config, trained.record_encoder, trained.normaliser)
     data, record = _slide(tiny_cohort, tiny_features)
-    result = integrated_gradients(loaded, data.features, data.coords, record, tiny_cohort.records(), steps=8, tolerance=0.01)
+    result = integrated_gradients(loaded, data, record, tiny_cohort.records(), steps=8, tolerance=0.01)
     total = result.patches.sum() + (result.fields.sum() if result.fields is not None else 0.0)
     assert result.patches.shape == (len(data.coords),)
     assert (result.fields is None) == (name == "abmil")
@@ -41,8 +41,8 @@ def test_shap_values_add_up_to_the_prediction_minus_the_background_mean(tiny_run
     data, record = _slide(tiny_cohort, tiny_features)
     records = tiny_cohort.records()
     background = records.iloc[:4]
-    values = shap_fields(loaded, data.features, data.coords, record, background, tiny_cohort.schema, target=1)
-    prob = lambda table: torch.softmax(records_output(loaded, data.features, data.coords, table).logits, -1)[:, 1].numpy()  # noqa: E731
+    values = shap_fields(loaded, data, record, background, tiny_cohort.schema, target=1)
+    prob = lambda table: torch.softmax(records_output(loaded, data, table).logits, -1)[:, 1].numpy()  # noqa: E731
     assert values.shape == (len(tiny_cohort.schema.fields),)
     assert values.sum() == pytest.approx(prob(pd.DataFrame([record]))[0] - prob(background).mean(), abs=1e-4)
 

@@ -35,7 +35,7 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     (tmp_path / "m.yaml").write_text("cohort: x\n")
     assert main(["validate", str(tmp_path / "m.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "persam validate: error:" in err and "required key 'slides' is missing" in err and "Traceback" not in err
+    assert "persam validate: error:" in err and "needs exactly one of the keys 'slides' and 'images'" in err and "Traceback" not in err
 
 
 def test_persam_console_script_is_installed():

@@ -15,7 +15,7 @@ def _bag(n: int, feature_dim: int, device: torch.device) -> Batch:
     return Batch(torch.randn(1, n, feature_dim), torch.ones(1, n, dtype=torch.bool), coords, torch.tensor([[1, 1, 2]]), torch.zeros(1, 3)).to(device)
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("features"))
 def test_every_model_trains_under_bf16_autocast(name):
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -63,3 +63,21 @@ def test_a_100k_patch_bag_trains_in_linear_memory():
         del batch, loss
     assert peaks[1] < 8 * 2**30, peaks
     assert peaks[1] / peaks[0] < 4 * 1.3  # 4x the patches, at most ~4x the memory: linear
+
+
+@pytest.mark.parametrize("name", available_models("image"))
+def test_every_image_model_trains_under_bf16_autocast(name):
+    """2-D images on the GPU: CNN stems under bf16 autocast, attention over the patch grid still sums to 1."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    config = ModelConfig(feature_dim=1, n_classes=2, field_cardinalities=(0, 2, 3), d_model=32, n_heads=4, input_kind="image", image_size=128, patch_size=16)
+    model = create_model(name, config).to(device)
+    batch = Batch.of_images(torch.randn(8, 1, 128, 128), torch.tensor([[1, 1, 2]] * 8), torch.zeros(8, 3)).to(device)
+    with autocast(device):
+        out = model(batch, rollout=True)
+    out.logits.float().sum().backward()
+    assert torch.isfinite(out.logits.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    if MODEL_INFO[name].reads_image:
+        assert out.patch_attention.shape == (8, 64)
+        torch.testing.assert_close(out.patch_attention.float().sum(-1), torch.ones(8, device=device), atol=1e-3, rtol=0)

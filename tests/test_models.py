@@ -16,7 +16,7 @@ def _batch(b=3, n=20, seed=0):
     return Batch(torch.randn(b, n, 12, generator=g), mask, coords, codes, torch.randn(b, 3, generator=g))
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("features"))
 def test_forward_backward_shapes_and_attention(name):
     torch.manual_seed(0)
     model = create_model(name, CONFIG)
@@ -37,7 +37,7 @@ def test_forward_backward_shapes_and_attention(name):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("features"))
 def test_record_sensitivity_matches_what_the_model_reads(name):
     torch.manual_seed(0)
     model = create_model(name, CONFIG).eval()
@@ -54,7 +54,7 @@ def test_record_sensitivity_matches_what_the_model_reads(name):
         assert (moved > 1e-5) == info.record_steers_attention, moved
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("features"))
 def test_image_sensitivity_matches_what_the_model_reads(name):
     torch.manual_seed(0)
     model = create_model(name, CONFIG).eval()
@@ -65,7 +65,7 @@ def test_image_sensitivity_matches_what_the_model_reads(name):
     assert same != MODEL_INFO[name].reads_image
 
 
-@pytest.mark.parametrize("name", available_models())
+@pytest.mark.parametrize("name", available_models("features"))
 def test_padding_does_not_change_the_result(name):
     torch.manual_seed(0)
     model = create_model(name, CONFIG).eval()
@@ -86,7 +86,7 @@ def test_persam_field_attention_sums_to_one_and_missing_values_work():
 
 
 def test_unknown_model_lists_the_registry():
-    with pytest.raises(ValueError, match="Available models: abmil, chexradinet, clinical_only, concat, mma_mgmu, persam, transmil"):
+    with pytest.raises(ValueError, match="Available models: abmil, chexradinet, clinical_only, cnn, cnn_concat, concat, mma_mgmu, persam, transmil"):
         create_model("transformer9000", CONFIG)
 
 
@@ -207,7 +207,7 @@ def test_persam_rollout_and_last_layer_match_a_dense_computation(wiring):
     assert not torch.allclose(out.patch_attention_rollout, out.patch_attention)  # rollout is not the last layer's map
 
 
-@pytest.mark.parametrize("name", [n for n in available_models() if MODEL_INFO[n].reads_image])
+@pytest.mark.parametrize("name", [n for n in available_models("features") if MODEL_INFO[n].reads_image])
 def test_every_image_model_gives_per_head_maps_and_rollout(name):
     torch.manual_seed(0)
     model = create_model(name, CONFIG).eval()
@@ -253,7 +253,7 @@ def test_attention_wirings_equal_a_dense_masked_softmax(bipartite):
     assert (cls_attention[~real[:, None, :].expand_as(cls_attention)] == 0).all()
 
 
-@pytest.mark.parametrize("name,wiring", [(n, "bipartite") for n in available_models()] + [("persam", "full")])
+@pytest.mark.parametrize("name,wiring", [(n, "bipartite") for n in available_models("features")] + [("persam", "full")])
 def test_one_bag_under_several_records_equals_the_bag_repeated(name, wiring):
     """The explain path: a bag's image side computed once for K records gives the K-row result."""
     from dataclasses import replace

@@ -31,14 +31,15 @@ def _assign(ids: list[str], prefix: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Pseudonyms:
-    """The names the book uses for a cohort's patients and slides."""
+    """The names the book uses for a cohort's patients and slides (or images: I0001, …)."""
 
     patients: dict[str, str]
     slides: dict[str, str]
 
     @classmethod
     def for_cohort(cls, cohort: Cohort) -> "Pseudonyms":
-        return cls(_assign(sorted(map(str, cohort.clinical.index)), "P"), _assign(sorted(map(str, cohort.slides["slide_id"])), "S"))
+        sample_prefix = "I" if cohort.modality == "images" else "S"
+        return cls(_assign(sorted(map(str, cohort.clinical.index)), "P"), _assign(sorted(map(str, cohort.slides["slide_id"])), sample_prefix))
 
     def patient(self, patient_id: str) -> str:
         return self.patients[str(patient_id)]

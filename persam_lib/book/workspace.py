@@ -41,6 +41,11 @@ class Workspace:
         return Path(given).resolve() if str(given) else self.demo_manifest
 
     @property
+    def radiograph_dir(self) -> Path:
+        """Where the demo radiograph cohort (2-D images) is, with its runs under ``runs/``."""
+        return self.root / "radiographs"
+
+    @property
     def features_dir(self) -> Path:
         """Feature files (read from the work dir)."""
         return self.root / "features"

@@ -1,6 +1,7 @@
 """Read a cohort manifest (YAML) and validate it into a `Cohort`.
 
-A manifest names a slide table, a clinical table, the label and the clinical fields.
+A manifest names a sample table — ``slides:`` (whole-slide images) or ``images:`` (2-D images:
+PNG, TIFF or DICOM) — a clinical table, the label and the clinical fields.
 Every problem found is reported with the file, the line of the CSV, the field, what is wrong
 and what to do, and *all* problems are collected before raising, so a user fixes a table
 in one pass rather than one error at a time.
@@ -17,9 +18,11 @@ import yaml
 
 from persam_lib.cohort.schema import FieldSchema, FieldSpec, LabelSpec
 
-REQUIRED_KEYS = ("cohort", "slides", "clinical", "label", "fields")
-OPTIONAL_KEYS = ("truth",)
+REQUIRED_KEYS = ("cohort", "clinical", "label", "fields")
+SAMPLE_KEYS = ("slides", "images")  # exactly one: the modality of the cohort
+OPTIONAL_KEYS = ("truth", "window")
 SLIDE_COLUMNS = ("slide_id", "patient_id", "path")
+IMAGE_COLUMNS = ("image_id", "patient_id", "path")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,11 @@ class ManifestError(ValueError):
 class Cohort:
     """A validated cohort: slides, clinical records, schema and (optionally) ground truth.
 
-    `slides` has columns slide_id, patient_id, path (absolute) and optional mpp;
+    ``modality`` is "slides" or "images". `slides` is the table of samples, one row per slide or
+    image, with columns slide_id, patient_id, path (absolute) and optional mpp; for an image cohort
+    slide_id holds the image_id (every tool keys samples by that one column) and the columns
+    window_center and window_width hold each image's display window (NaN: the file's own, or the
+    manifest's ``window``);
     `clinical` is indexed by patient_id with one column per field plus the label column. Fields
     marked ``identifying: true`` are neither in the schema nor in `clinical` — no model reads them
     and no table shows them — but in `identifying`, so the book's privacy scan knows their values.
@@ -69,6 +76,12 @@ class Cohort:
     truth_path: Path | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     identifying: pd.DataFrame | None = field(default=None, repr=False)  # fields marked identifying: true, by patient_id
+    modality: str = "slides"
+
+    @property
+    def sample_name(self) -> str:
+        """What one sample is called in messages and tables shown to people: "slide" or "image"."""
+        return "image" if self.modality == "images" else "slide"
 
     @property
     def root(self) -> Path:
@@ -116,29 +129,38 @@ def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem
 
     problems: list[Problem] = []
     missing = [k for k in REQUIRED_KEYS if k not in raw]
-    unknown = [k for k in raw if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
+    unknown = [k for k in raw if k not in REQUIRED_KEYS + SAMPLE_KEYS + OPTIONAL_KEYS]
     for key in missing:
         problems.append(Problem(path, f"the required key '{key}' is missing", _KEY_HINTS[key], field=key))
+    samples_keys = [k for k in SAMPLE_KEYS if k in raw]
+    if len(samples_keys) != 1:
+        problems.append(Problem(path, "needs exactly one of the keys 'slides' and 'images'" + (" (both are given)" if samples_keys else ""), f"{_KEY_HINTS['slides']} Or, for 2-D images, {_KEY_HINTS['images'][0].lower()}{_KEY_HINTS['images'][1:]}", field="slides"))
     for key in unknown:
-        allowed = list(REQUIRED_KEYS + OPTIONAL_KEYS)
+        allowed = list(REQUIRED_KEYS + SAMPLE_KEYS + OPTIONAL_KEYS)
         problems.append(Problem(path, f"unknown key '{key}'", f"Allowed keys are {allowed}; remove or rename it.", field=key))
-    if missing:
+    if missing or len(samples_keys) != 1:
         return None, problems
+    modality = samples_keys[0]
 
     schema, schema_problems = _parse_schema(path, raw)
     problems += schema_problems
-    slides, slide_problems = _read_slides(path, path.parent / str(raw["slides"]), check_files)
+    window_problems = _check_window(path, raw.get("window"))
+    problems += window_problems
+    if modality == "images":
+        slides, slide_problems = _read_images(path.parent / str(raw["images"]), check_files)
+    else:
+        slides, slide_problems = _read_slides(path, path.parent / str(raw["slides"]), check_files)
     problems += slide_problems
     clinical = None
     if schema is not None:
         clinical, clinical_problems = _read_clinical(path.parent / str(raw["clinical"]), schema)
         problems += clinical_problems
     if slides is not None and clinical is not None:
-        slides_csv = path.parent / str(raw["slides"])
+        slides_csv = path.parent / str(raw[modality])
         for i, row in slides.iterrows():
             if row["patient_id"] not in clinical.index:
                 problems.append(
-                    Problem(slides_csv, f"patient '{row['patient_id']}' is not in the clinical table", "Add the patient to the clinical CSV or remove the slide.", line=int(i) + 2, field="patient_id")
+                    Problem(slides_csv, f"patient '{row['patient_id']}' is not in the clinical table", f"Add the patient to the clinical CSV or remove the {modality[:-1]}.", line=int(i) + 2, field="patient_id")
                 )
     truth_path = None
     if raw.get("truth"):
@@ -151,7 +173,7 @@ def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem
     model_schema = FieldSchema(fields=tuple(f for f in schema.fields if not f.identifying), label=schema.label)
     cohort = Cohort(
         name=str(raw["cohort"]), manifest_path=path, slides=slides, clinical=clinical.drop(columns=hidden),
-        schema=model_schema, truth_path=truth_path, raw=raw, identifying=clinical[hidden],
+        schema=model_schema, truth_path=truth_path, raw=raw, identifying=clinical[hidden], modality=modality,
     )
     return cohort, []
 
@@ -159,6 +181,7 @@ def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem
 _KEY_HINTS = {
     "cohort": "Add `cohort: <name>`.",
     "slides": "Add `slides: slides.csv` (columns slide_id, patient_id, path).",
+    "images": "Add `images: images.csv` (columns image_id, patient_id, path; optional window_center, window_width).",
     "clinical": "Add `clinical: clinical.csv` (patient_id, one column per field, the label column).",
     "label": "Add `label: {column: subtype, classes: [A, B]}`.",
     "fields": "Add `fields:` with one entry per clinical field, e.g. `age: {type: numeric, min: 0, max: 120}`.",
@@ -268,6 +291,59 @@ def _read_slides(manifest: Path, csv_path: Path, check_files: bool) -> tuple[pd.
     table = table.assign(path=paths)
     if "mpp" in table.columns:
         table["mpp"] = pd.to_numeric(table["mpp"], errors="coerce")
+    return table, problems
+
+
+def _check_window(manifest: Path, window: Any) -> list[Problem]:
+    """The manifest's optional ``window: {center: C, width: W}`` (display window for grey images)."""
+    if window is None:
+        return []
+    hint = "Give `window: {center: 40, width: 400}` (grey levels after the DICOM rescale), or remove the key to use each file's own window."
+    if not isinstance(window, dict) or set(window) != {"center", "width"}:
+        return [Problem(manifest, "'window' must have exactly the keys 'center' and 'width'", hint, field="window")]
+    try:
+        center, width = float(window["center"]), float(window["width"])
+    except (TypeError, ValueError):
+        return [Problem(manifest, f"'window' values must be numbers, got {window}", hint, field="window")]
+    return [] if width > 0 and np.isfinite(center) else [Problem(manifest, f"'window.width' must be > 0, got {width:g}", hint, field="window")]
+
+
+def _read_images(csv_path: Path, check_files: bool) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """The image table, checked like the slide table; returned keyed by ``slide_id`` (= image_id)."""
+    table, problems = _read_csv(csv_path, "images")
+    if table is None:
+        return None, problems
+    missing_cols = [c for c in IMAGE_COLUMNS if c not in table.columns]
+    if missing_cols:
+        return None, [Problem(csv_path, f"the column(s) {missing_cols} are missing", f"The image table needs columns {list(IMAGE_COLUMNS)} (and optionally window_center, window_width).", line=1)]
+    if table.empty:
+        return None, [Problem(csv_path, "has no images", "Add one row per image.")]
+    paths = []
+    for i, row in table.iterrows():
+        line = int(i) + 2
+        for col in IMAGE_COLUMNS:
+            if row[col].strip() == "":
+                problems.append(Problem(csv_path, f"'{col}' is empty", f"Fill in the {col}.", line=line, field=col))
+        image_path = (csv_path.parent / row["path"]).resolve() if row["path"] else csv_path.parent
+        paths.append(str(image_path))
+        if check_files and row["path"] and not image_path.is_file():
+            problems.append(Problem(csv_path, f"image file {image_path} does not exist (image '{row['image_id']}')", "Fix the path (relative to the image table's folder) or remove the row.", line=line, field="path"))
+        given = [c for c in ("window_center", "window_width") if c in table.columns and row[c].strip()]
+        if given and len(given) != 2:
+            problems.append(Problem(csv_path, f"only {given[0]} is given", "Give both window_center and window_width, or neither (the file's own window is used).", line=line, field=given[0]))
+        elif given:
+            try:
+                center, width = float(row["window_center"]), float(row["window_width"])
+            except ValueError:
+                center, width = float("nan"), float("nan")
+            if not (np.isfinite(center) and width > 0):
+                problems.append(Problem(csv_path, f"window {row['window_center']!r}/{row['window_width']!r} is not a number and a width > 0", "Give the display window's centre and width in the image's grey levels (after the DICOM rescale).", line=line, field="window_width"))
+    duplicated = table["image_id"][table["image_id"].duplicated()]
+    for i, image_id in duplicated.items():
+        problems.append(Problem(csv_path, f"image_id '{image_id}' appears more than once", "Give every image a unique image_id.", line=int(i) + 2, field="image_id"))
+    table = table.assign(path=paths).rename(columns={"image_id": "slide_id"})
+    for col in ("window_center", "window_width"):
+        table[col] = pd.to_numeric(table[col], errors="coerce") if col in table.columns else np.nan
     return table, problems
 
 

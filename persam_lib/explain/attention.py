@@ -1,7 +1,7 @@
 """Attention over patches under the true record and under altered records.
 
-Every slide is explained by the fold model that did not train on its patient. A slide's patch
-features are read once and all its records (original + alterations) run as one batch in which
+Every slide (or 2-D image: its patch grid) is explained by the fold model that did not train on
+its patient. A slide's patch features (an image's pixels) are read once and all its records (original + alterations) run as one batch in which
 the bag is stored once and its image side computed once (`persam_lib.models.Batch`: one bag
 under K records).
 
@@ -23,10 +23,9 @@ from tqdm import tqdm
 from persam_lib.atomic import atomic_path
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.explain.records import DEFAULT_QUANTILES, ORIGINAL, Alteration, default_alterations, numeric_targets
-from persam_lib.features.store import feature_path, read_features
 from persam_lib.models.base import ModelOutput
 from persam_lib.train.checkpoint import LoadedModel
-from persam_lib.train.data import collate_records
+from persam_lib.train.data import Bag, ImageInput, collate_records, load_sample
 from persam_lib.train.distributed import Distributed
 from persam_lib.train.run import Run
 
@@ -50,9 +49,9 @@ class Explanation:
     model: str = ""
 
 
-def records_output(loaded: LoadedModel, features: np.ndarray, coords: np.ndarray, records: pd.DataFrame, device: torch.device | str = "cpu") -> ModelOutput:
-    """The model's output for one bag under each row of ``records`` (one batch, the bag stored once)."""
-    batch = collate_records(features, coords, records, loaded.record_encoder, loaded.normaliser).to(device)
+def records_output(loaded: LoadedModel, bag: Bag, records: pd.DataFrame, device: torch.device | str = "cpu") -> ModelOutput:
+    """The model's output for one slide or image under each row of ``records`` (one batch, the sample stored once)."""
+    batch = collate_records(bag, records, loaded.record_encoder, loaded.normaliser).to(device)
     with torch.no_grad():
         out = loaded.model(batch, rollout=True)
     if out.patch_attention is None:
@@ -60,7 +59,7 @@ def records_output(loaded: LoadedModel, features: np.ndarray, coords: np.ndarray
     return out
 
 
-def explain_run(run: Run, cohort: Cohort, features_dir: str | Path, alterations: list[Alteration] | None = None, config: ExplainConfig = ExplainConfig(), *, progress: bool = True) -> Explanation:
+def explain_run(run: Run, cohort: Cohort, features_dir: str | Path | None, alterations: list[Alteration] | None = None, config: ExplainConfig = ExplainConfig(), *, progress: bool = True) -> Explanation:
     """Patch attention of every slide under its original record and each alteration.
 
     Without ``alterations``, `default_alterations`: every categorical field to each of its other
@@ -76,13 +75,13 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path, alterations:
         fold = int(folds.get(row.patient_id, 0))  # a patient outside the run is explained by fold 0's model
         if fold not in loaded:
             loaded[fold] = run.model_for_fold(fold, device=device)
-        data = read_features(feature_path(features_dir, row.slide_id))
+        bag = load_sample(cohort, row.slide_id, features_dir, ImageInput.of(loaded[fold].config))
         original = records.loc[row.patient_id]
         edits = alterations if alterations is not None else default_alterations(cohort.schema, original, numeric)
         labels = [ORIGINAL] + [a.label for a in edits]
         table = pd.DataFrame([original] + [a.apply(original) for a in edits])
-        out = records_output(loaded[fold], data.features, data.coords, table, device)
-        attention_parts.append(_attention_rows(row.slide_id, data.coords, data.patch_size_level0, labels, out, config.per_head))
+        out = records_output(loaded[fold], bag, table, device)
+        attention_parts.append(_attention_rows(row.slide_id, bag.coords, bag.patch_size, labels, out, config.per_head))
         probs = torch.softmax(out.logits.float(), -1).cpu().numpy()
         for label, p in zip(labels, probs):
             prediction_rows.append({"slide_id": row.slide_id, "patient_id": row.patient_id, "fold": fold, "record": label, **{f"prob_{c}": float(v) for c, v in zip(run.classes, p)}, "y_pred": run.classes[int(p.argmax())]})

@@ -131,27 +131,43 @@ def slide_maps(explanation: Explanation, slide_id: str, column: str = "attention
     return first[["x", "y"]].to_numpy(), int(first["size"].iloc[0]), maps
 
 
-def write_figures(explanation: Explanation, cohort: Cohort, features_dir: str | Path, out_dir: str | Path, slides: list[str], truth: GroundTruth | None = None) -> list[Path]:
+def sample_background(cohort: Cohort, slide_id: str, features_dir: str | Path | None) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """What a heatmap is drawn over: an RGB thumbnail (H, W, 3) uint8, its downsample from the
+    sample's pixels, and the tissue mask where there is one (slides; None for 2-D images, whose
+    whole patch grid is attended)."""
+    row = cohort.slides.set_index("slide_id").loc[slide_id]
+    if cohort.modality == "images":
+        from persam_lib.images import read_image
+        from persam_lib.train.data import image_window
+
+        pixels = read_image(row["path"], image_window(cohort, {"slide_id": slide_id, **row.to_dict()}))
+        rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
+        return (rgb * 255).round().astype(np.uint8), 1.0, None
+    from persam_lib.features.extract import load_tissue_mask
+    from persam_lib.slides.reader import open_slide
+
+    with open_slide(row["path"]) as slide:
+        thumb, downsample = slide.thumbnail(16)
+    tissue, _ = load_tissue_mask(features_dir, slide_id)
+    return thumb, downsample, tissue
+
+
+def write_figures(explanation: Explanation, cohort: Cohort, features_dir: str | Path | None, out_dir: str | Path, slides: list[str], truth: GroundTruth | None = None) -> list[Path]:
     """For each slide: original vs altered heatmaps with the regions and the difference (the deciding
     field's flip, or the first alteration), and small multiples over every alteration. PNG files,
     each written atomically; returns their paths."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from persam_lib.features.extract import load_tissue_mask
     from persam_lib.plots.figures import alteration_grid, record_comparison, use_book_style
-    from persam_lib.slides.reader import open_slide
 
     use_book_style()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = cohort.slides.set_index("slide_id")
     written = []
     for slide_id in slides:
         coords, size, maps = slide_maps(explanation, slide_id)
-        with open_slide(paths.loc[slide_id, "path"]) as slide:
-            thumb, downsample = slide.thumbnail(16)
-        tissue, _ = load_tissue_mask(features_dir, slide_id)
+        thumb, downsample, tissue = sample_background(cohort, slide_id, features_dir)
         regions = None
         if truth is not None:
             mask = truth.mask(slide_id)

@@ -27,6 +27,18 @@ class ModelConfig:
     checkpoint_activations: bool = False  # recompute Transformer blocks in backward: memory linear in bag size
     radiomics_iterations: int = 2  # ChexRadiNet: rounds of heatmap -> radiomics -> guidance
     region_fraction: float = 0.2  # ChexRadiNet: share of patches the heatmap selects as the region
+    input_kind: str = "features"  # "features": bags of patch features (slides); "image": 2-D images, pixels in `Batch.images`
+    image_size: int = 128  # images: side of the square model input (pixels)
+    patch_size: int = 16  # images: side of a patch of the grid the attention is over (pixels of the model input)
+    ehr_stages: str = "3,4"  # MMA-MGMU on images: the CNN stages (1-based, comma-separated) whose spatial attention the record steers
+
+    def __post_init__(self) -> None:
+        if self.input_kind not in ("features", "image"):
+            raise ValueError(f"input_kind must be 'features' or 'image', got '{self.input_kind}'")
+        if self.input_kind == "image":
+            p = self.patch_size
+            if p < 4 or p & (p - 1) or self.image_size % p or self.image_size < 2 * p:
+                raise ValueError(f"patch_size must be a power of two >= 4 that divides image_size into at least a 2x2 grid; got patch_size={p}, image_size={self.image_size}")
 
 
 @dataclass
@@ -38,8 +50,11 @@ class Batch:
     present numeric value, 0 for missing; values (B, F) float — standardised numeric values, 0
     elsewhere.
 
-    *One bag under K records*: features, patch_mask and coords may hold a single bag (leading size
-    1) while codes and values hold K records. Every model then returns K rows, computing what does
+    For 2-D images ``images`` (B, C, S, S) holds the normalised pixels and the bag tensors are empty
+    (N = 0): image models cut the picture into their own grid of patches (`Batch.of_images`).
+
+    *One bag under K records*: features, patch_mask and coords (or images) may hold a single bag
+    (leading size 1) while codes and values hold K records. Every model then returns K rows, computing what does
     not depend on the record (at least the patch embedding) once — how altered records are
     explained without repeating the bag K times.
     """
@@ -49,6 +64,13 @@ class Batch:
     coords: torch.Tensor
     codes: torch.Tensor
     values: torch.Tensor
+    images: torch.Tensor | None = None
+
+    @classmethod
+    def of_images(cls, images: torch.Tensor, codes: torch.Tensor, values: torch.Tensor) -> "Batch":
+        """A batch of images (B, C, S, S) with their records; the bag tensors are empty."""
+        b = images.shape[0]
+        return cls(images.new_zeros(b, 0, 0), torch.zeros(b, 0, dtype=torch.bool), torch.zeros(b, 0, 2, dtype=torch.long), codes, values, images)
 
     @property
     def n_rows(self) -> int:
@@ -56,7 +78,8 @@ class Batch:
         return self.codes.shape[0]
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.features, self.patch_mask, self.coords, self.codes, self.values)))
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(*(move(t) for t in (self.features, self.patch_mask, self.coords, self.codes, self.values, self.images)))
 
 
 @dataclass

@@ -7,6 +7,11 @@ attention (the heatmap). The heatmap's top patches form a region whose **radiomi
 intensity statistics and GLCM texture, scikit-image) are embedded and fed back as a guidance signal
 to the next iteration, so regions and features sharpen together. ``radiomics_iterations`` sets
 how many rounds; it reads the image only (chest X-rays in the original work).
+
+`ChexRadiNetImage` is the native form on 2-D images: a CNN with triplet attention after its last
+two stages, the heatmap over the last feature map's cells, and radiomics computed on the input
+image's own pixels inside the heatmap's region. `ChexRadiNet` runs on a slide's patch features
+placed on their grid, with radiomics of the feature map's mean as the grey-level image.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from torch import nn
 
 from persam_lib.models.layers import patch_embedding
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax, single_attention_output
+from persam_lib.models.cnn import ConvBackbone, cells_to_tokens, require_images
 from persam_lib.models.grid import gather_from_grid, scatter_to_grid
 from persam_lib.models.radiomics import N_FEATURES, radiomics
 
@@ -90,4 +96,55 @@ class ChexRadiNet(nn.Module):
             region = np.zeros(h * w + 1, dtype=bool)
             region[index[i, top].cpu().numpy()] = True
             out[i] = radiomics(intensity[i].cpu().numpy(), region[: h * w].reshape(h, w))
+        return torch.from_numpy(out).to(attention.device)
+
+
+class ChexRadiNetImage(nn.Module):
+    """ChexRadiNet on 2-D images: triplet-attention CNN, heatmap regions → radiomics of the pixels → guidance."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.d_model
+        self.iterations = max(int(config.radiomics_iterations), 1)
+        self.region_fraction = config.region_fraction
+        self.patch_size = config.patch_size
+        self.backbone = ConvBackbone(config.feature_dim, d, config.patch_size)
+        self.triplets = nn.ModuleDict({str(i): TripletAttention() for i in range(max(len(self.backbone.stages) - 2, 0), len(self.backbone.stages))})
+        self.project = nn.Conv2d(self.backbone.out_dim, d, 1)
+        self.triplet = TripletAttention()  # refines the map under guidance, each iteration
+        self.mix = nn.Conv2d(d, d, 3, padding=1)
+        self.heat = nn.Conv2d(d, 1, 1)
+        self.guide = nn.Sequential(nn.Linear(N_FEATURES, d), nn.Tanh())
+        self.radiomics_norm = nn.LayerNorm(N_FEATURES)
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * d, config.n_classes))
+
+    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
+        images = require_images(batch, "chexradinet")
+        x = images
+        for i, stage in enumerate(self.backbone.stages):
+            x = stage(x)
+            if str(i) in self.triplets:
+                x = x + self.triplets[str(i)](x)
+        grid = self.project(x)  # (B, d, g, g)
+        intensity = images.detach().float().mean(1).cpu().numpy()  # (B, S, S): the grey levels radiomics are computed on
+        guidance = grid.new_zeros(grid.shape[0], grid.shape[1])
+        for _ in range(self.iterations):
+            refined = torch.relu(self.mix(self.triplet(grid + guidance[:, :, None, None]))) + grid
+            attention = torch.softmax(self.heat(refined).flatten(1).float(), dim=-1)  # (B, N)
+            pooled = torch.einsum("bn,bnd->bd", attention.to(refined.dtype), cells_to_tokens(refined))
+            guidance = self.guide(self.radiomics_norm(self._region_radiomics(attention.detach(), intensity)))
+        return single_attention_output(self.head(torch.cat([pooled, guidance], dim=-1)), attention).expand(batch.n_rows)  # the record cannot change it
+
+    def _region_radiomics(self, attention: torch.Tensor, intensity: np.ndarray) -> torch.Tensor:
+        """Radiomics of the input pixels inside the top ``region_fraction`` of cells by attention."""
+        b, n = attention.shape
+        g, p = int(round(n**0.5)), self.patch_size
+        k = max(int(round(self.region_fraction * n)), 1)
+        top = torch.topk(attention, k, dim=-1).indices.cpu().numpy()
+        out = np.zeros((b, N_FEATURES), dtype=np.float32)
+        for i in range(b):
+            cells = np.zeros(n, dtype=bool)
+            cells[top[i]] = True
+            region = np.kron(cells.reshape(g, g), np.ones((p, p), dtype=bool))  # cells → pixels
+            out[i] = radiomics(intensity[i], region)
         return torch.from_numpy(out).to(attention.device)

@@ -6,8 +6,10 @@
 * **MGMU** (multi-head gated multimodal unit): in each of several subspaces (heads), image and
   record features are squashed (``tanh``) and mixed by a learned gate ``z = sigmoid(W_z [x_img; x_ehr])``
   as ``z * h_img + (1 - z) * h_ehr``; the heads are concatenated for the classifier.
-Designed for CT/MRI + EHR; here it runs on a slide's patch features (the patches play the role of
-spatial positions of the CNN feature map).
+Designed for CT/MRI + EHR. `MMAMGMUImage` is the native form on 2-D images: a CNN whose spatial
+attention is steered by the record at chosen stages (``ehr_stages``), then the same MMA pooling over
+the last feature map's cells and the MGMU. `MMAMGMU` runs on a slide's patch features (the patches
+play the role of spatial positions of the CNN feature map).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from torch import nn
 from persam_lib.models.layers import patch_embedding
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax, single_attention_output
 from persam_lib.models.clinical import ClinicalTokenizer
+from persam_lib.models.cnn import ConvBackbone, cells_to_tokens, require_images
 
 
 class MultiModalAttention(nn.Module):
@@ -51,26 +54,104 @@ class MultiHeadGMU(nn.Module):
         return fused, z.view(-1, self.heads, self.head_dim).mean(-1)  # gate per head: how much the image counts
 
 
-class MMAMGMU(nn.Module):
+class RecordFusion(nn.Module):
+    """What both forms share after the image side: the record summary, attention over the clinical
+    fields steered by the image, and the multi-head GMU."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         d = config.d_model
-        self.embed = patch_embedding(config.feature_dim, d, config.dropout)
         self.clinical = ClinicalTokenizer(config.field_cardinalities, d)
         self.record_summary = nn.Sequential(nn.Linear(len(config.field_cardinalities) * d, d), nn.GELU())
         self.mma = MultiModalAttention(d)
         self.field_query = nn.Linear(d, d)
-        self.mgmu = MultiHeadGMU(d, heads=config.n_heads, head_dim=max(d // config.n_heads, 8))
-        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.n_heads * max(d // config.n_heads, 8), config.n_classes))
+        head_dim = max(d // config.n_heads, 8)
+        self.mgmu = MultiHeadGMU(d, heads=config.n_heads, head_dim=head_dim)
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(config.n_heads * head_dim, config.n_classes))
 
-    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
-        patches = self.embed(batch.features)  # (B, N, d)
-        fields = self.clinical(batch.codes, batch.values)  # (B, F, d)
-        record = self.record_summary(fields.flatten(1))  # (B, d)
-        image, patch_attention = self.mma(patches, record, batch.patch_mask)
+    def record(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Field tokens (B, F, d) and the record's summary vector (B, d)."""
+        fields = self.clinical(batch.codes, batch.values)
+        return fields, self.record_summary(fields.flatten(1))
+
+    def forward(self, patches: torch.Tensor, mask: torch.Tensor, fields: torch.Tensor, record: torch.Tensor) -> ModelOutput:
+        image, patch_attention = self.mma(patches, record, mask)
         # the image steers attention over the clinical fields
         field_scores = torch.einsum("bd,bfd->bf", self.field_query(image), fields) / fields.shape[-1] ** 0.5
         field_attention = torch.softmax(field_scores.float(), dim=-1)
         record_attended = torch.einsum("bf,bfd->bd", field_attention.to(fields.dtype), fields)
         fused, _ = self.mgmu(image, record_attended + record)
         return single_attention_output(self.head(fused), patch_attention, field_attention)
+
+
+class MMAMGMU(nn.Module):
+    """MMA + MGMU on a bag of patch features."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed = patch_embedding(config.feature_dim, config.d_model, config.dropout)
+        self.fusion = RecordFusion(config)
+
+    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
+        patches = self.embed(batch.features)  # (B, N, d); B = 1 for one bag under several records
+        fields, record = self.fusion.record(batch)
+        mask = batch.patch_mask
+        if patches.shape[0] != record.shape[0]:
+            patches, mask = patches.expand(record.shape[0], -1, -1), mask.expand(record.shape[0], -1)
+        return self.fusion(patches, mask, fields, record)
+
+
+class EHRSpatialAttention(nn.Module):
+    """A spatial gate on a feature map steered by the record: a = sigmoid(w^T tanh(W_x x_ij + W_e e)), x ← x · a."""
+
+    def __init__(self, channels: int, d_record: int, hidden: int):
+        super().__init__()
+        self.w_x = nn.Conv2d(channels, hidden, 1)
+        self.w_e = nn.Linear(d_record, hidden, bias=False)
+        self.score = nn.Conv2d(hidden, 1, 1)
+
+    def forward(self, x: torch.Tensor, record: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.score(torch.tanh(self.w_x(x) + self.w_e(record)[:, :, None, None])))  # (B, 1, h, w)
+        return x * gate
+
+
+def parse_stages(text: str, n_stages: int) -> tuple[int, ...]:
+    """``"3,4"`` → (2, 3): the 1-based stage numbers as 0-based indices, each checked to exist."""
+    try:
+        stages = tuple(sorted({int(part) for part in str(text).split(",") if part.strip()}))
+    except ValueError:
+        raise ValueError(f"ehr_stages must be comma-separated stage numbers like '3,4', got {text!r}") from None
+    if not stages or stages[0] < 1 or stages[-1] > n_stages:
+        raise ValueError(f"ehr_stages {text!r}: the CNN has stages 1..{n_stages} (one per halving of patch_size); name at least one")
+    return tuple(s - 1 for s in stages)
+
+
+class MMAMGMUImage(nn.Module):
+    """MMA + MGMU on 2-D images: a CNN with record-steered spatial attention at ``ehr_stages``.
+
+    The stages before the first steered one do not depend on the record: for one image under K
+    records they run once, and the feature map is repeated K times from there.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d = config.d_model
+        self.backbone = ConvBackbone(config.feature_dim, d, config.patch_size)
+        self.steered = parse_stages(config.ehr_stages, len(self.backbone.stages))
+        widths = [stage[0].out_channels for stage in self.backbone.stages]
+        self.gates = nn.ModuleDict({str(i): EHRSpatialAttention(widths[i], d, max(widths[i] // 2, 8)) for i in self.steered})
+        self.project = nn.Conv2d(self.backbone.out_dim, d, 1)
+        self.fusion = RecordFusion(config)
+
+    def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
+        x = require_images(batch, "mma_mgmu")
+        fields, record = self.fusion.record(batch)
+        for i, stage in enumerate(self.backbone.stages):
+            x = stage(x)
+            if str(i) in self.gates:
+                if x.shape[0] != record.shape[0]:  # one image under several records: branch here
+                    x = x.expand(record.shape[0], -1, -1, -1)
+                x = self.gates[str(i)](x, record)
+        patches = cells_to_tokens(self.project(x))  # (B, N, d)
+        mask = torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device)
+        return self.fusion(patches, mask, fields, record)

@@ -1,4 +1,11 @@
-"""Bags in memory and their batching: features of each slide + its patient's encoded record."""
+"""Samples in memory and their batching: each slide's patch features, or each 2-D image's pixels,
+with its patient's encoded record.
+
+A 2-D image is held at the model's input size (letterboxed into a square, see
+`persam_lib.images.to_model_input`), with the top-left corners of its patch grid mapped back to
+the original image's pixels: attention tables, heatmaps and ground-truth masks all speak in the
+pixels of the file the user gave.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,20 +17,100 @@ import torch
 
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.features.store import feature_path, read_features
-from persam_lib.models.base import Batch
+from persam_lib.images import ImageReadError, Window, read_image, to_model_input
+from persam_lib.models.base import Batch, ModelConfig
 from persam_lib.models.clinical import RecordEncoder
+from persam_lib.models.cnn import cell_coords
 
 
 @dataclass
 class Bag:
-    """One slide's patch features with its patient and label."""
+    """One sample with its patient and label: a slide's patch features, or a 2-D image's pixels.
+
+    For an image ``features`` is None and ``image`` holds the model input (C, S, S) in [0, 1];
+    ``coords`` are the top-left corners of its patch grid and ``patch_size`` the patches' side,
+    both in the original image's pixels (for a slide: level-0 pixels).
+    """
 
     slide_id: str
     patient_id: str
-    features: np.ndarray  # (N, D)
+    features: np.ndarray | None  # (N, D)
     coords: np.ndarray  # (N, 2)
     patch_size: int  # level-0 pixels
     y: int
+    image: np.ndarray | None = None  # (C, S, S)
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """How 2-D images become model inputs: the square side, the patch grid and the channels (1 grey, 3 RGB; 0: as the cohort's images)."""
+
+    image_size: int = 128
+    patch_size: int = 16
+    channels: int = 0
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> "ImageInput":
+        """The input a trained model expects (its channels are its ``feature_dim``)."""
+        return cls(config.image_size, config.patch_size, config.feature_dim)
+
+
+def load_samples(cohort: Cohort, features_dir: str | Path | None = None, images: ImageInput = ImageInput()) -> list[Bag]:
+    """Every sample of the cohort: slides from ``features_dir``, or images read and resized by ``images``."""
+    if cohort.modality == "images":
+        return load_images(cohort, images)
+    if features_dir is None:
+        raise ValueError(f"{cohort.manifest_path}: a slide cohort is read as patch features; give their directory (--features DIR; run `persam extract` first)")
+    return load_bags(cohort, features_dir)
+
+
+def load_sample(cohort: Cohort, slide_id: str, features_dir: str | Path | None, images: ImageInput) -> Bag:
+    """One sample (a slide's features or an image), as `load_samples` reads it."""
+    table = cohort.slide_table()
+    row = table[table["slide_id"] == slide_id].iloc[0].to_dict()
+    if cohort.modality == "images":
+        return _image_bag(cohort, row, images)
+    data = read_features(feature_path(features_dir, slide_id))
+    return Bag(slide_id, row["patient_id"], data.features, data.coords, data.patch_size_level0, int(row["y"]))
+
+
+def load_images(cohort: Cohort, images: ImageInput = ImageInput()) -> list[Bag]:
+    """Read every image of an image cohort. Unreadable images are collected and reported together
+    (file, image id, what is wrong), so a user fixes the table in one pass; nothing trains on a
+    cohort with an image missing. With ``images.channels`` 0, grey images are made RGB when any
+    image of the cohort is RGB."""
+    bags, problems = [], []
+    for row in cohort.slide_table().to_dict("records"):
+        try:
+            bags.append(_image_bag(cohort, row, images))
+        except ImageReadError as err:
+            problems.append(f"  - image '{row['slide_id']}' (patient '{row['patient_id']}'): {err}")
+    if problems:
+        raise ImageReadError(cohort.manifest_path, f"{len(problems)} image(s) could not be read:\n" + "\n".join(problems) + "\n", "Fix those files, or remove their rows from the image table.")
+    if images.channels == 0 and len({b.image.shape[0] for b in bags}) > 1:
+        for b in bags:
+            b.image = np.repeat(b.image, 3, axis=0) if b.image.shape[0] == 1 else b.image
+    return bags
+
+
+def image_window(cohort: Cohort, row: dict) -> Window | None:
+    """The display window of one image: its row in the image table, else the manifest's ``window``, else None (the file's own)."""
+    center, width = row.get("window_center", np.nan), row.get("window_width", np.nan)
+    if pd.notna(center) and pd.notna(width):
+        return Window(float(center), float(width))
+    window = cohort.raw.get("window")
+    return Window(float(window["center"]), float(window["width"])) if window else None
+
+
+def _image_bag(cohort: Cohort, row: dict, images: ImageInput) -> Bag:
+    """One image's row of the sample table (slide_id, patient_id, y, path, window) read into a `Bag`."""
+    pixels = read_image(row["path"], image_window(cohort, row))
+    channels = images.channels or pixels.shape[-1]
+    model_input, box = to_model_input(pixels, images.image_size, channels)
+    corners = cell_coords(images.image_size, images.patch_size).numpy().astype(np.float64)
+    coords = np.round(box.to_original(corners)).astype(np.int64)
+    patch = int(round(images.patch_size / box.scale))
+    return Bag(row["slide_id"], str(row["patient_id"]), None, coords, patch, int(row["y"]), image=model_input)
 
 
 def load_bags(cohort: Cohort, features_dir: str | Path) -> list[Bag]:
@@ -47,10 +134,17 @@ class FeatureNormaliser:
 
     @classmethod
     def fit(cls, bags: list[Bag]) -> "FeatureNormaliser":
+        """Per feature dimension over all patches, or per channel over all pixels for images."""
+        if bags[0].image is not None:
+            pixels = np.stack([b.image for b in bags])  # (B, C, S, S)
+            return cls(pixels.mean((0, 2, 3)).astype(np.float32), np.maximum(pixels.std((0, 2, 3)), 1e-6).astype(np.float32))
         stacked = np.concatenate([b.features for b in bags])
         return cls(stacked.mean(0).astype(np.float32), np.maximum(stacked.std(0), 1e-6).astype(np.float32))
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
+        """Standardise patch features (N, D), or an image (C, H, W) channel by channel."""
+        if features.ndim == 3:
+            return (features - self.mean[:, None, None]) / self.std[:, None, None]
         return (features - self.mean) / self.std
 
     def state(self) -> dict:
@@ -59,6 +153,14 @@ class FeatureNormaliser:
     @classmethod
     def from_state(cls, state: dict) -> "FeatureNormaliser":
         return cls(np.asarray(state["mean"], dtype=np.float32), np.asarray(state["std"], dtype=np.float32))
+
+
+def collate_bags(bags: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser) -> Batch:
+    """A batch of samples (slides or images) with their records, one row of ``records`` per sample."""
+    if bags[0].image is not None:
+        codes, values = encoder.encode(records)
+        return Batch.of_images(torch.from_numpy(np.stack([normaliser(b.image) for b in bags]).astype(np.float32)), codes, values)
+    return collate([b.features for b in bags], [b.coords for b in bags], records, encoder, normaliser)
 
 
 def collate(features: list[np.ndarray], coords: list[np.ndarray], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser) -> Batch:
@@ -75,9 +177,12 @@ def collate(features: list[np.ndarray], coords: list[np.ndarray], records: pd.Da
     return Batch(torch.from_numpy(feats), torch.from_numpy(mask), torch.from_numpy(xy), codes, values)
 
 
-def collate_records(features: np.ndarray, coords: np.ndarray, records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser) -> Batch:
-    """One bag under several records (the rows of ``records``), the bag stored once (see `Batch`)."""
+def collate_records(bag: Bag, records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser) -> Batch:
+    """One sample under several records (the rows of ``records``), the sample stored once (see `Batch`)."""
     codes, values = encoder.encode(records)
+    if bag.image is not None:
+        return Batch.of_images(torch.from_numpy(normaliser(bag.image).astype(np.float32))[None], codes, values)
+    features, coords = bag.features, bag.coords
     return Batch(
         torch.from_numpy(normaliser(features).astype(np.float32))[None],
         torch.ones(1, len(features), dtype=torch.bool),

@@ -22,7 +22,7 @@ from torch import nn
 from persam_lib.atomic import atomic_path
 from persam_lib.models.base import Batch
 from persam_lib.models.clinical import RecordEncoder
-from persam_lib.train.data import Bag, FeatureNormaliser, collate
+from persam_lib.train.data import Bag, FeatureNormaliser, collate_bags
 from persam_lib.train.distributed import Distributed
 
 
@@ -51,6 +51,9 @@ class TrainConfig:
     patch_attention: str = "bipartite"  # PersAM: "bipartite" (linear in bag size) or "full" (patches also attend to patches)
     checkpoint_activations: bool = False  # recompute Transformer blocks in backward: less memory for deep models and huge bags
     radiomics_iterations: int = 2  # ChexRadiNet: rounds of heatmap -> radiomics -> guidance
+    image_size: int = 128  # 2-D images: side of the square model input, in pixels (images are letterboxed into it)
+    patch_size: int = 16  # 2-D images: side of the patches attention is over, in model-input pixels (a power of two)
+    ehr_stages: str = "3,4"  # MMA-MGMU on 2-D images: CNN stages (1-based) whose spatial attention the record steers
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
 
@@ -70,6 +73,9 @@ class TrainConfig:
             ("dropout", 0 <= self.dropout < 1, "a float in [0, 1)"),
             ("patch_attention", self.patch_attention in ("bipartite", "full"), "'bipartite' or 'full'"),
             ("radiomics_iterations", self.radiomics_iterations >= 1, "an int >= 1"),
+            ("patch_size", self.patch_size >= 4 and self.patch_size & (self.patch_size - 1) == 0, "a power of two >= 4"),
+            ("image_size", self.image_size >= 2 * self.patch_size and self.image_size % self.patch_size == 0, f"a multiple of patch_size ({self.patch_size}), at least twice it"),
+            ("ehr_stages", all(p.strip().isdigit() and int(p) >= 1 for p in self.ehr_stages.split(",")), "comma-separated stage numbers from 1, like '3,4'"),
             ("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ]
         for name, ok, expected in checks:
@@ -90,9 +96,8 @@ def make_optimiser(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 
 def make_batch(bags: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser) -> Batch:
-    """Batch of bags with their patients' records (``records`` indexed by patient_id)."""
-    rows = records.loc[[b.patient_id for b in bags]]
-    return collate([b.features for b in bags], [b.coords for b in bags], rows, encoder, normaliser)
+    """Batch of samples (slides or images) with their patients' records (``records`` indexed by patient_id)."""
+    return collate_bags(bags, records.loc[[b.patient_id for b in bags]], encoder, normaliser)
 
 
 def evaluate(model: nn.Module, bags: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser, device: torch.device, batch_size: int = 16) -> np.ndarray:

@@ -23,7 +23,7 @@ from persam_lib.models import create_model
 from persam_lib.models.base import ModelConfig
 from persam_lib.models.clinical import RecordEncoder
 from persam_lib.train.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
-from persam_lib.train.data import Bag, FeatureNormaliser, load_bags
+from persam_lib.train.data import Bag, FeatureNormaliser, ImageInput, load_samples
 from persam_lib.train.folds import make_folds, split_validation
 from persam_lib.train.distributed import Distributed
 from persam_lib.train.loop import TrainConfig, evaluate, fit
@@ -42,7 +42,7 @@ class Run:
 
     @property
     def inputs(self) -> dict:
-        """The manifest and features directory the run was trained on."""
+        """The manifest and features directory the run was trained on (no features directory for images)."""
         path = self.path / "inputs.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -67,9 +67,13 @@ class Run:
 
 
 def train_cross_validated(
-    cohort: Cohort, features_dir: str | Path, out_dir: str | Path, config: TrainConfig = TrainConfig(), *, progress: bool = True, distributed: Distributed = Distributed()
+    cohort: Cohort, features_dir: str | Path | None, out_dir: str | Path, config: TrainConfig = TrainConfig(), *, progress: bool = True, distributed: Distributed = Distributed()
 ) -> Run:
     """Train ``config.model`` with patient-level stratified k-fold CV; every patient is predicted once.
+
+    A slide cohort is read as the patch features in ``features_dir``; an image cohort
+    (``cohort.modality == "images"``) is read from its image files at ``config.image_size``, and
+    ``features_dir`` is ignored.
 
     Resumable at two levels: a finished fold (checkpoint and predictions written) is skipped, and
     an interrupted fold continues from its last finished epoch (``fold_<k>/resume.pt``). Under
@@ -85,9 +89,10 @@ def train_cross_validated(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out_dir / "config.json", json.dumps(asdict(config), indent=2))
         write_text_atomic(out_dir / "schema.json", json.dumps(cohort.schema.to_dict(), indent=2))
-        write_text_atomic(out_dir / "inputs.json", json.dumps({"manifest": str(cohort.manifest_path), "features_dir": str(Path(features_dir).resolve())}, indent=2))
+        features = None if cohort.modality == "images" or features_dir is None else str(Path(features_dir).resolve())
+        write_text_atomic(out_dir / "inputs.json", json.dumps({"manifest": str(cohort.manifest_path), "features_dir": features, "modality": cohort.modality}, indent=2))
 
-    bags = load_bags(cohort, features_dir)
+    bags = load_samples(cohort, features_dir, ImageInput(config.image_size, config.patch_size))
     patients = sorted({b.patient_id for b in bags})
     patient_labels = cohort.labels().loc[patients]
     folds = make_folds(patient_labels, config.n_folds, config.seed)
@@ -112,9 +117,10 @@ def train_cross_validated(
         encoder = RecordEncoder(cohort.schema).fit(records.loc[train_ids])
         normaliser = FeatureNormaliser.fit(train_bags)
         model_config = ModelConfig(
-            feature_dim=bags[0].features.shape[1], n_classes=len(cohort.schema.label.classes), field_cardinalities=encoder.cardinalities,
+            feature_dim=bags[0].image.shape[0] if bags[0].image is not None else bags[0].features.shape[1], n_classes=len(cohort.schema.label.classes), field_cardinalities=encoder.cardinalities,
             d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers, dropout=config.dropout, use_position=config.use_position,
             patch_attention=config.patch_attention, checkpoint_activations=config.checkpoint_activations, radiomics_iterations=config.radiomics_iterations,
+            input_kind="image" if cohort.modality == "images" else "features", image_size=config.image_size, patch_size=config.patch_size, ehr_stages=config.ehr_stages,
         )
         model = create_model(config.model, model_config)
         resume = fold_dir / "resume.pt"
@@ -195,7 +201,7 @@ def comparison_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def compare_models(
-    cohort: Cohort, features_dir: str | Path, out_dir: str | Path, models: list[str], base: TrainConfig = TrainConfig(), *, progress: bool = True, workers: int = 1, distributed: Distributed = Distributed()
+    cohort: Cohort, features_dir: str | Path | None, out_dir: str | Path, models: list[str], base: TrainConfig = TrainConfig(), *, progress: bool = True, workers: int = 1, distributed: Distributed = Distributed()
 ) -> pd.DataFrame:
     """Train every model with identical folds (same seed, same patients) and write ``comparison.csv``.
 
@@ -209,13 +215,17 @@ def compare_models(
 
     from persam_lib.models import available_models
 
+    kind = "image" if cohort.modality == "images" else "features"
     unknown = [m for m in models if m not in available_models()]
     if unknown:
-        raise ValueError(f"Unknown model(s) {unknown}. Available models: {', '.join(available_models())}.")
+        raise ValueError(f"Unknown model(s) {unknown}. Models for {cohort.modality}: {', '.join(available_models(kind))}.")
+    elsewhere = [m for m in models if m not in available_models(kind)]
+    if elsewhere:
+        raise ValueError(f"Model(s) {elsewhere} do not run on this cohort's {cohort.modality}. Models for {cohort.modality}: {', '.join(available_models(kind))}.")
     if workers > 1 and distributed.enabled:
         raise ValueError("compare --workers N runs one process per model; under torchrun every rank already trains each model, so use --workers 1")
     out_dir = Path(out_dir)
-    jobs = [(cohort.manifest_path, str(features_dir), str(out_dir / m), replace(base, model=m)) for m in models]
+    jobs = [(cohort.manifest_path, None if features_dir is None else str(features_dir), str(out_dir / m), replace(base, model=m)) for m in models]
     if workers > 1 and distributed.device(base.device).type == "cpu":
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             list(pool.map(_train_job, jobs))
@@ -231,7 +241,7 @@ def compare_models(
     return table
 
 
-def _train_job(job: tuple[Path, str, str, TrainConfig]) -> str:
+def _train_job(job: tuple[Path, str | None, str, TrainConfig]) -> str:
     """Train one model in a worker process (one thread: the workers share the cores)."""
     from persam_lib.cohort.manifest import load_manifest
 
