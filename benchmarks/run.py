@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_explain, bench_extract, bench_models, bench_sweep
+from benchmarks import bench_explain, bench_extract, bench_images, bench_models, bench_sweep
 from benchmarks.common import print_table
 
 BENCHMARKS = {
@@ -11,6 +11,7 @@ BENCHMARKS = {
     "models": (bench_models, "models: training step against bag size"),
     "explain": (bench_explain, "explain: altered records and heatmaps"),
     "sweep": (bench_sweep, "sweeps: points in parallel"),
+    "images": (bench_images, "2-D images: images per second, training and inference, against the plain CNN"),
 }
 
 

@@ -70,11 +70,11 @@ def _import_features(args: argparse.Namespace) -> int:
     return 1 if summary.failed or summary.missing else 0
 
 
-def _train_config(args: argparse.Namespace, **fixed) -> TrainConfig:
-    """TrainConfig from the shortcut flags, then ``--config FILE.yaml``, then ``--set NAME=VALUE``."""
+def _train_config(args: argparse.Namespace, modality: str, **fixed) -> TrainConfig:
+    """The modality's defaults, the shortcut flags, then ``--config FILE.yaml``, then ``--set NAME=VALUE``."""
     from persam_lib.options import configure
 
-    base = TrainConfig(n_folds=args.folds, epochs=args.epochs, seed=args.seed, device=args.device, **fixed)
+    base = TrainConfig.for_modality(modality, n_folds=args.folds, epochs=args.epochs, seed=args.seed, device=args.device, **fixed)
     return configure(base, args.config, args.set)
 
 
@@ -84,7 +84,7 @@ def _train(args: argparse.Namespace) -> int:
     from persam_lib.train.run import train_cross_validated
 
     cohort = load_manifest(args.manifest)
-    config = _train_config(args, model=args.model)
+    config = _train_config(args, cohort.modality, model=args.model)
     with distributed_session() as distributed:
         run = train_cross_validated(cohort, args.features, args.out, config, distributed=distributed)
         if distributed.is_main:
@@ -103,7 +103,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     cohort = load_manifest(args.manifest)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    config = _train_config(args)
+    config = _train_config(args, cohort.modality)
     with distributed_session() as distributed:
         table = compare_models(cohort, args.features, args.out, models, config, workers=args.workers, distributed=distributed)
         if distributed.is_main:

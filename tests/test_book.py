@@ -90,6 +90,18 @@ def test_the_built_book_leaks_no_identifying_value(built_book):
         assert privacy_scan(project / "_build" / "html", manifest) == [f"{leaked}: identifying field 'mrn' {mrn!r}"]
     finally:
         leaked.unlink()
+    # the radiograph chapter's cohort is scanned too
+    from persam_lib.book.build import book_cohort_manifests
+
+    manifests = book_cohort_manifests(project / "_work")
+    assert manifests == [manifest, project / "_work" / "radiographs" / "manifest.yaml"]
+    assert privacy_scan(project / "_build" / "html", manifests) == []
+    radiograph_mrn = (project / "_work" / "radiographs" / "clinical.csv").read_text().splitlines()[1].split(",")[1]
+    leaked.write_text(f"<p>{radiograph_mrn}</p>")
+    try:
+        assert privacy_scan(project / "_build" / "html", manifests) == [f"{leaked}: identifying field 'mrn' {radiograph_mrn!r}"]
+    finally:
+        leaked.unlink()
 
 
 @pytest.mark.skipif(not __import__("shutil").which("chromium") and __import__("os").environ.get("PERSAM_REQUIRE_BROWSER") != "1", reason="needs Chromium (make test installs it)")

@@ -107,13 +107,15 @@ def test_phenotypes_differ_in_texture_not_in_brightness(label):
 
 
 @pytest.mark.parametrize("phenotype", ["A", "B"])
-def test_lesions_are_brighter_than_the_surrounding_lung(phenotype):
+def test_lesions_are_brighter_than_the_surrounding_lung_and_the_nodule_denser_than_the_opacity(phenotype):
     for seed in range(5):
         image, mask = _render(200 + seed, phenotype, phenotype)
+        contrast = {}
         for label in (NODULE, OPACITY):
             lesion = mask == label
-            contrast = image[lesion].mean() - image[_ring(lesion)].mean()
-            assert contrast > 400, (seed, label, contrast)  # about 10% of the 12-bit range
+            contrast[label] = image[lesion].mean() - image[_ring(lesion)].mean()
+        assert contrast[OPACITY] > 200, (seed, contrast)  # ground glass: about 5% of the 12-bit range
+        assert contrast[NODULE] > 1.6 * contrast[OPACITY], (seed, contrast)  # solid: a patch shows its kind by density
 
 
 def test_invalid_designs_say_what_to_change():

@@ -176,6 +176,37 @@ def test_cli_trains_and_explains_an_image_cohort_without_features(radiographs, t
     assert main(["train", str(manifest), "--model", "cnn", "--out", str(tmp_path / "cnn"), "--folds", "2", "--epochs", "1", *settings]) == 0
     assert main(["explain", str(tmp_path / "cnn"), "--manifest", str(manifest), "--out", str(tmp_path / "a.csv"), "--metrics", str(tmp_path / "m.json")]) == 0
     assert pd.read_csv(tmp_path / "a.csv")["size"].eq(32).all()
+    assert Run(tmp_path / "cnn").config.lr == 1e-3  # images start from their own defaults (TrainConfig.for_modality)
     assert main(["train", str(manifest), "--model", "transmil", "--out", str(tmp_path / "t"), "--folds", "2", "--epochs", "1", *settings]) == 0  # bag models run on the patch grid too
     assert main(["compare", str(manifest), "--models", "cnn,abmil_typo", "--out", str(tmp_path / "c")]) == 2
     assert "Unknown model(s) ['abmil_typo']. Models for images:" in capsys.readouterr().err
+
+
+def test_image_template_manifest_is_valid_but_for_the_images_it_awaits():
+    from persam_lib.cohort.manifest import validate_manifest
+
+    template = Path(__file__).resolve().parents[1] / "data_manifests" / "template-images" / "manifest.yaml"
+    problems = validate_manifest(template)
+    assert len(problems) == 2 and all(p.field == "path" and "does not exist" in p.problem for p in problems)
+    cohort = load_manifest(template, check_files=False)
+    assert cohort.modality == "images" and cohort.slides["window_width"].isna().tolist() == [True, False]
+
+
+def test_augmentation_flips_and_shifts_each_image_reproducibly():
+    from persam_lib.train.augment import augment_images
+
+    images = torch.arange(2 * 32 * 32, dtype=torch.float32).reshape(2, 1, 32, 32)
+    a = augment_images(images, torch.Generator().manual_seed(0))
+    b = augment_images(images, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)
+    for i in range(2):
+        found = False
+        for source in (images[i], images[i].flip(-1)):
+            padded = torch.nn.functional.pad(source, (2, 2, 2, 2))
+            for dy in range(5):
+                for dx in range(5):
+                    if torch.equal(padded[:, dy : dy + 32, dx : dx + 32], a[i]):
+                        found = True
+        assert found, i  # every output is its image, maybe flipped, shifted by at most 2 pixels (1/16 of 32)
+    many = augment_images(images.repeat(16, 1, 1, 1), torch.Generator().manual_seed(1))
+    assert not torch.equal(many[0], many[2])  # draws differ between images

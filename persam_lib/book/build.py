@@ -135,23 +135,31 @@ def check_overrides(declared: dict[str, dict[str, Any]], overrides: dict[str, An
         raise ValueError("; ".join(problems))
 
 
-def book_cohort_manifest(work_dir: str | Path, overrides: dict[str, Any] | None = None) -> Path:
-    """The manifest the book was computed on: the one given as a parameter, or the demo cohort's."""
-    given = (overrides or {}).get("manifest")
-    return Path(given).resolve() if given else Path(work_dir).resolve() / "cohort" / "manifest.yaml"
+def book_cohort_manifests(work_dir: str | Path, overrides: dict[str, Any] | None = None) -> list[Path]:
+    """The manifests the book was computed on: the slide cohort (the ``manifest`` parameter, or the
+    demo cohort) and the image cohort (the ``image_manifest`` parameter, or the demo radiographs
+    when the radiograph chapter generated them)."""
+    overrides, work = overrides or {}, Path(work_dir).resolve()
+    slides = Path(overrides["manifest"]).resolve() if overrides.get("manifest") else work / "cohort" / "manifest.yaml"
+    images = Path(overrides["image_manifest"]).resolve() if overrides.get("image_manifest") else work / "radiographs" / "manifest.yaml"
+    return [slides] + ([images] if images.is_file() or overrides.get("image_manifest") else [])
 
 
-def privacy_scan(html_dir: str | Path, manifest: Path) -> list[str]:
-    """The privacy scan of a built book against its cohort; findings as lines (empty: clean)."""
+def privacy_scan(html_dir: str | Path, manifests: Path | list[Path]) -> list[str]:
+    """The privacy scan of a built book against every cohort it shows; findings as lines (empty: clean)."""
     from persam_lib.book.privacy import scan_for_leaks
     from persam_lib.cohort.manifest import load_manifest
 
-    if not manifest.is_file():
-        return [f"{manifest}: the cohort's manifest is missing, so the book cannot be checked for leaks"]
-    leaks, short = scan_for_leaks(html_dir, load_manifest(manifest, check_files=False))
-    if short:
-        print(f"[persam book] privacy scan: {len(short)} id(s)/value(s) shorter than 4 characters cannot be told from ordinary text and were not scanned", flush=True)
-    return [str(leak) for leak in leaks]
+    found = []
+    for manifest in [manifests] if isinstance(manifests, Path) else manifests:
+        if not manifest.is_file():
+            found.append(f"{manifest}: the cohort's manifest is missing, so the book cannot be checked for leaks")
+            continue
+        leaks, short = scan_for_leaks(html_dir, load_manifest(manifest, check_files=False))
+        if short:
+            print(f"[persam book] privacy scan: {len(short)} id(s)/value(s) of {manifest} shorter than 4 characters cannot be told from ordinary text and were not scanned", flush=True)
+        found += [str(leak) for leak in leaks]
+    return found
 
 
 def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, strict: bool = False, browser_check: bool = True) -> BookReport:
@@ -162,7 +170,7 @@ def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[st
     report.build_returncode = build_html(root, strict=strict)
     html = root / "_build" / "html"
     if report.build_returncode == 0:
-        report.leaks = privacy_scan(html, book_cohort_manifest(work_dir, overrides))
+        report.leaks = privacy_scan(html, book_cohort_manifests(work_dir, overrides))
         for leak in report.leaks:
             print(f"[persam book] privacy: {leak}", flush=True)
         if browser_check:

@@ -1,8 +1,8 @@
 """The demo cohort of 2-D images: generated chest radiographs, a clinical table and ground truth.
 
 Designed like the slide cohort (`persam_lib.cohort.demo`), for the modality the fusion models
-were built for. Every radiograph shows a *nodule* and an *opacity* (`demo_radiograph`), each of
-phenotype A (homogeneous) or B (mottled). The categorical field ``presentation`` says which lesion
+were built for. Every radiograph shows a solid *nodule* and a ground-glass *opacity*
+(`demo_radiograph`), each of phenotype A (homogeneous) or B (mottled, same mean density). The categorical field ``presentation`` says which lesion
 decides the label: ``focal`` → the nodule, ``diffuse`` → the opacity; the label ``finding`` is
 ``benign`` when the deciding lesion is homogeneous and ``malignant`` when it is mottled. In about
 half of the patients the two lesions disagree, so an image-only model is right in at most ~75%,

@@ -5,13 +5,15 @@ grey, the lungs are dark fields inside it, and dense structures (spine, mediasti
 are bright. Each image carries two lesions of different *kinds*, one in each lung (which lung
 gets which kind is random):
 
-* a **nodule**: compact, round, sharply defined, and
-* an **opacity**: larger (about 1.75x the nodule's area), irregular, soft-edged.
+* a **nodule**: solid (dense), compact, round, sharply defined, and
+* an **opacity**: ground glass (about half the nodule's density), larger (about 1.75x the
+  nodule's area), irregular, soft-edged.
 
 Each lesion shows one of two *phenotypes*: **A** (homogeneous, smooth density) or **B**
-(mottled: granules of about 2-4 px at size 256). Both phenotypes add the *same* mean density
-inside the lesion, so a model can tell them apart only by texture, never by brightness; the
-kinds differ by shape and size, not by phenotype. This mirrors the slide cohort of
+(mottled: granules of about 2-4 px at size 256, of the same amplitude in both kinds). Both
+phenotypes add the *same* mean density inside the lesion, so a model can tell them apart only by
+texture, never by brightness; the kinds differ by density, shape and size — a single patch shows
+which kind it belongs to, as a slide's tile does by its stain. This mirrors the slide cohort of
 `persam_lib.cohort.demo_tissue`, where the clinical record says which lesion decides the label.
 
 Everything is drawn in float "attenuation" units (0 = air, 1 = densest) and mapped to 12-bit
@@ -35,7 +37,11 @@ _REF = 256.0  # the reference size at which the anatomy's pixel constants below 
 
 # attenuation levels (0..1, displayed brightness)
 _AIR = 0.05
-_LESION_DENSITY = 0.24  # mean density a lesion adds on top of the lung, for both phenotypes
+# mean density a lesion adds on top of the lung, for both phenotypes: a solid nodule, a ground-glass
+# opacity (a patch of the image tells which kind it shows by its density, as a tile of a slide does
+# by its stain; the phenotype only by its texture)
+_LESION_DENSITY = {NODULE: 0.30, OPACITY: 0.14}
+_TEXTURE_AMPLITUDE = 0.075  # B's mottling, in attenuation units: equally visible in both kinds
 _OPACITY_AREA_RATIO = 1.75  # opacity area / nodule area
 _NOISE_STD = 0.009  # quantum-like noise, in attenuation units at mid grey
 
@@ -89,7 +95,7 @@ def render_radiograph(design: RadiographDesign, rng: np.random.Generator) -> tup
             raise ValueError(f"The lesion does not fit in the lung field at size {design.size}: lower RadiographDesign.lesion_radius.")
         y0, x0 = corner
         h, w = profile.shape
-        density = _LESION_DENSITY * profile * _texture(profile, inside, phenotype, design.size, rng)
+        density = _LESION_DENSITY[label] * profile * _texture(profile, inside, phenotype, design.size, rng, _TEXTURE_AMPLITUDE / _LESION_DENSITY[label])
         film[y0 : y0 + h, x0 : x0 + w] += density
         mask[y0 : y0 + h, x0 : x0 + w][inside] = label
 
@@ -216,7 +222,7 @@ def _nodule_profile(design: RadiographDesign, rng: np.random.Generator) -> tuple
     d = np.hypot((c * xx + s * yy) * np.sqrt(ecc), (-s * xx + c * yy) / np.sqrt(ecc))
     edge = np.clip((r - d) / 1.2 + 0.5, 0, 1)  # ~1 px anti-aliased rim: well defined
     dome = 0.8 + 0.2 * np.sqrt(np.clip(1 - (d / r) ** 2, 0, 1))  # a sphere projects thicker in the middle
-    return (edge * dome / 0.93).astype(np.float32), d < r  # /0.93: mean inside ~1, so kinds are equally dense
+    return (edge * dome / 0.93).astype(np.float32), d < r  # /0.93: mean inside ~1 (the density comes from _LESION_DENSITY)
 
 
 def _opacity_profile(design: RadiographDesign, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -241,14 +247,14 @@ def _opacity_profile(design: RadiographDesign, rng: np.random.Generator) -> tupl
     ramp = 0.5 * radius  # a wide soft edge: the density fades over half the radius
     t = np.clip((outline - d) / ramp + 0.5, 0, 1)
     profile = t * t * (3 - 2 * t)  # smoothstep: 0.5 exactly on the outline
-    return (profile / 0.85).astype(np.float32), d < outline  # /0.85: mean inside ~1, so kinds are equally dense
+    return (profile / 0.85).astype(np.float32), d < outline  # /0.85: mean inside ~1 (the density comes from _LESION_DENSITY)
 
 
-def _texture(profile: np.ndarray, inside: np.ndarray, phenotype: str, size: int, rng: np.random.Generator) -> np.ndarray:
+def _texture(profile: np.ndarray, inside: np.ndarray, phenotype: str, size: int, rng: np.random.Generator, amplitude: float) -> np.ndarray:
     """Multiplicative texture of a lesion, normalised so that ``profile * texture`` keeps its mean inside the mask.
 
     A is nearly flat (a faint, broad undulation); B is mottled: band-passed noise whose granules
-    are ~2-4 px at size 256, large enough to survive a 2x downsampling. Normalising the
+    are ~2-4 px at size 256, large enough to survive a 2x downsampling, with relative ``amplitude``. Normalising the
     profile-weighted mean makes A and B add the same mean density inside the lesion mask.
     """
     s = size / _REF
@@ -258,7 +264,7 @@ def _texture(profile: np.ndarray, inside: np.ndarray, phenotype: str, size: int,
         white = rng.standard_normal(profile.shape).astype(np.float32)
         band = ndimage.gaussian_filter(white, 0.9 * s) - ndimage.gaussian_filter(white, 2.6 * s)
         band /= band.std() + 1e-9
-        texture = np.clip(1.0 + 0.28 * band, 0.1, None)
+        texture = np.clip(1.0 + amplitude * band, 0.1, None)
     weighted = profile[inside]
     texture = texture * (weighted.sum() / (weighted * texture[inside]).sum())
     return texture.astype(np.float32)

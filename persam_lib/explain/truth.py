@@ -56,9 +56,11 @@ def load_truth(cohort: Cohort) -> GroundTruth | None:
 
 
 def region_fractions(truth: GroundTruth, slide_id: str, coords: np.ndarray, patch_size: int) -> dict[str, np.ndarray]:
-    """For each region kind, the fraction of every patch that lies inside it."""
+    """For each region kind that can be diagnostic (a value of ``diagnostic_region``), the fraction
+    of every patch that lies inside it; background, tissue or body labels are not region kinds."""
     mask = truth.mask(slide_id)
-    return {name: mask_fraction(mask == value, truth.mask_downsample, coords, patch_size) for name, value in truth.labels.items() if name not in ("background", "tissue")}
+    kinds = set(truth.diagnostic_region.values())
+    return {name: mask_fraction(mask == value, truth.mask_downsample, coords, patch_size) for name, value in truth.labels.items() if name in kinds}
 
 
 def patch_auroc(attention: np.ndarray, inside: np.ndarray) -> float:

@@ -22,6 +22,7 @@ from torch import nn
 from persam_lib.atomic import atomic_path
 from persam_lib.models.base import Batch
 from persam_lib.models.clinical import RecordEncoder
+from persam_lib.train.augment import augment_images
 from persam_lib.train.data import Bag, FeatureNormaliser, collate_bags
 from persam_lib.train.distributed import Distributed
 
@@ -54,8 +55,20 @@ class TrainConfig:
     image_size: int = 128  # 2-D images: side of the square model input, in pixels (images are letterboxed into it)
     patch_size: int = 16  # 2-D images: side of the patches attention is over, in model-input pixels (a power of two)
     ehr_stages: str = "3,4"  # MMA-MGMU on 2-D images: CNN stages (1-based) whose spatial attention the record steers
+    augment: bool = True  # 2-D images: random horizontal flips and shifts of up to 1/16 of the side while training
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
+
+    @classmethod
+    def for_modality(cls, modality: str, **options) -> "TrainConfig":
+        """The defaults for a cohort's ``modality`` ("slides" or "images"), with ``options`` on top.
+
+        2-D images train end to end through a CNN stem, where the slides' learning rate of 3e-3
+        is too high for PersAM (a run of the demo radiographs stayed at chance); images start at 1e-3.
+        """
+        if modality not in ("slides", "images"):
+            raise ValueError(f"modality must be 'slides' or 'images', got {modality!r}")
+        return cls(**({"lr": 1e-3} if modality == "images" else {}) | options)
 
     def __post_init__(self) -> None:
         checks = [
@@ -206,7 +219,10 @@ def fit(
             scale = distributed.world_size / chunk_weight
             if not mine:  # fewer bags than ranks: join the gradient exchange with a zero-weighted bag
                 mine, scale = chunk[:1], 0.0
-            batch = make_batch(mine, records, encoder, normaliser).to(device)
+            batch = make_batch(mine, records, encoder, normaliser)
+            if batch.images is not None and config.augment:
+                batch.images = augment_images(batch.images, generator)
+            batch = batch.to(device)
             targets = torch.tensor([b.y for b in mine], device=device)
             with autocast(device):
                 logits = trained(batch).logits
