@@ -135,7 +135,7 @@ def _explain(args: argparse.Namespace) -> int:
     features = args.features or (None if cohort.modality == "images" else _features_of(run))
     explanation = explain_run(run, cohort, features, alterations or None, ExplainConfig(quantiles=quantiles, per_head=args.per_head))
     write_table(explanation.attention, args.out)
-    print(f"explain: {explanation.attention['slide_id'].nunique()} slide(s), {explanation.attention['record'].nunique()} record(s) -> {args.out}")
+    print(f"explain: {explanation.attention['slide_id'].nunique()} {cohort.sample_name}(s), {explanation.attention['record'].nunique()} record(s) -> {args.out}")
     if args.metrics or args.figures:
         report = explanation_report(explanation, cohort, truth, nulls)
         if args.metrics:

@@ -12,7 +12,7 @@ from persam_lib.cli import main
 from persam_lib.cohort.demo_images import RadiographCohortConfig, make_radiograph_cohort
 from persam_lib.cohort.manifest import ManifestError, load_manifest
 from persam_lib.images import ImageReadError, read_image
-from persam_lib.train.data import FeatureNormaliser, ImageInput, load_images
+from persam_lib.train.data import FeatureNormaliser, ImageInput, load_images, load_sample
 from persam_lib.train.loop import TrainConfig
 from persam_lib.train.run import Run, compare_models
 
@@ -108,6 +108,20 @@ def test_image_manifest_errors_name_the_file_line_and_field(radiographs, tmp_pat
     (root / "manifest.yaml").write_text(manifest + "window: {center: 1, width: -3}\n")
     with pytest.raises(ManifestError, match="'window.width' must be > 0"):
         load_manifest(root / "manifest.yaml")
+    (root / "manifest.yaml").write_text(manifest + "window: {center: .nan, width: 3}\n")
+    with pytest.raises(ManifestError, match="'window.center' must be a finite number"):
+        load_manifest(root / "manifest.yaml")
+    (root / "manifest.yaml").write_text(manifest)
+    table.assign(slide_id="S1").to_csv(root / "images.csv", index=False)
+    with pytest.raises(ManifestError, match="images.csv, line 1, field 'slide_id': has a 'slide_id' column"):
+        load_manifest(root / "manifest.yaml")
+
+
+def test_a_window_in_a_slide_manifest_is_an_error(cohort_copy):
+    manifest = cohort_copy / "manifest.yaml"
+    manifest.write_text(manifest.read_text() + "window: {center: 40, width: 400}\n")
+    with pytest.raises(ManifestError, match="'window' applies to 2-D images only"):
+        load_manifest(manifest)
 
 
 def test_an_unreadable_image_is_reported_with_its_id_and_the_others_still_checked(radiographs, tmp_path, capsys):
@@ -142,6 +156,7 @@ def test_training_comparing_and_explaining_run_unchanged_on_images(image_runs):
     np.testing.assert_allclose(per_map, 1, atol=1e-5)
     assert att["record"].nunique() > 5  # original + every categorical value + numeric quantiles
     truth = load_truth(cohort)
+    assert truth.region_kinds == ["nodule", "opacity"]  # the body label is not a region kind
     report = explanation_report(explanation, cohort, truth)
     assert report.truth_scores["diagnostic_region"].isin(["nodule", "opacity"]).all()
     flipped = report.truth_scores[report.truth_scores["record"].str.startswith("presentation=")]
@@ -149,6 +164,16 @@ def test_training_comparing_and_explaining_run_unchanged_on_images(image_runs):
     assert (flipped.set_index("slide_id")["diagnostic_region"] != original.loc[flipped["slide_id"], "diagnostic_region"]).all()
     written = write_figures(explanation, cohort, None, out / "figures", [cohort.slides["slide_id"][0]], truth)
     assert len(written) == 2 and all(p.stat().st_size > 10_000 for p in written)
+    with pytest.raises(KeyError, match="no image 'I9999' in the cohort"):
+        load_sample(cohort, "I9999", None, ImageInput())
+
+
+def test_a_run_explains_only_the_kind_of_cohort_it_was_trained_on(image_runs, tiny_cohort):
+    from persam_lib.explain.attention import explain_run
+
+    _, out = image_runs
+    with pytest.raises(ValueError, match="was trained on images but .* is a cohort of slides"):
+        explain_run(Run(out / "persam"), tiny_cohort, None, progress=False)
 
 
 def test_integrated_gradients_and_shap_on_images(image_runs):
@@ -210,3 +235,5 @@ def test_augmentation_flips_and_shifts_each_image_reproducibly():
         assert found, i  # every output is its image, maybe flipped, shifted by at most 2 pixels (1/16 of 32)
     many = augment_images(images.repeat(16, 1, 1, 1), torch.Generator().manual_seed(1))
     assert not torch.equal(many[0], many[2])  # draws differ between images
+    filled = augment_images(torch.zeros(32, 1, 32, 32), torch.Generator().manual_seed(2), fill=torch.tensor([-7.0]))
+    assert set(filled.unique().tolist()) == {-7.0, 0.0}  # the uncovered border takes the fill (a black pixel), not 0

@@ -102,6 +102,16 @@ def test_one_image_under_several_records_equals_the_image_repeated(name):
             torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
 
 
+def test_small_widths_and_the_stages_mma_may_steer_are_checked_up_front():
+    from persam_lib.train.loop import TrainConfig
+
+    for name in ("persam", "cnn", "mma_mgmu"):  # stems keep at least 8 channels; the bag model reads what the stem makes
+        assert create_model(name, replace(CONFIG, d_model=4, n_heads=2)).eval()(_batch()).logits.shape == (3, 3)
+    with pytest.raises(ValueError, match="ehr_stages.*1 to 3"):
+        TrainConfig(model="mma_mgmu", patch_size=8)  # three stages: '3,4' names a fourth
+    assert TrainConfig(model="persam", patch_size=8).ehr_stages == "3,4"  # only MMA-MGMU reads it
+
+
 def test_rgb_images_run_with_three_channels():
     model = create_model("mma_mgmu", replace(CONFIG, feature_dim=3)).eval()
     with torch.no_grad():

@@ -159,7 +159,7 @@ def privacy_scan(html_dir: str | Path, manifests: Path | list[Path]) -> list[str
         if short:
             print(f"[persam book] privacy scan: {len(short)} id(s)/value(s) of {manifest} shorter than 4 characters cannot be told from ordinary text and were not scanned", flush=True)
         found += [str(leak) for leak in leaks]
-    return found
+    return list(dict.fromkeys(found))  # a value shared by two cohorts is one finding
 
 
 def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, strict: bool = False, browser_check: bool = True) -> BookReport:

@@ -80,7 +80,7 @@ def make_radiograph_cohort(out: str | Path, config: RadiographCohortConfig = Rad
     images = table[["image_id", "patient_id", "path"]].assign(
         window_center=[WINDOW.center if png else "" for png in is_png], window_width=[WINDOW.width if png else "" for png in is_png]
     )
-    table["mrn"] = [f"MRN-{n}" for n in np.random.default_rng([config.seed, 1]).choice(np.arange(1_000_000, 10_000_000), len(table), replace=False)]
+    table["mrn"] = [f"MRN-{n}" for n in np.random.default_rng([config.seed, 2]).choice(np.arange(1_000_000, 10_000_000), len(table), replace=False)]
     clinical = table[["patient_id", "mrn", "age", "sex", "presentation", "crp", "finding"]]
     regions = table[["image_id", "patient_id", "nodule_phenotype", "opacity_phenotype", "disagree"]].rename(columns={"image_id": "slide_id"})
     write_text_atomic(out / "images.csv", images.to_csv(index=False))

@@ -77,6 +77,7 @@ class Cohort:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     identifying: pd.DataFrame | None = field(default=None, repr=False)  # fields marked identifying: true, by patient_id
     modality: str = "slides"
+    _rows: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def sample_name(self) -> str:
@@ -100,6 +101,13 @@ class Cohort:
         """Slides joined with their patient's label index; one row per slide."""
         labels = self.labels().rename("y")
         return self.slides.join(labels, on="patient_id")
+
+    def sample_rows(self) -> dict[str, dict]:
+        """Every row of `slide_table` as a dict, by slide_id (built once per cohort: tools that read
+        samples one at a time look them up here)."""
+        if self._rows is None:
+            self._rows = {row["slide_id"]: row for row in self.slide_table().to_dict("records")}
+        return self._rows
 
 
 def load_manifest(path: str | Path, *, check_files: bool = True) -> Cohort:
@@ -144,8 +152,9 @@ def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem
 
     schema, schema_problems = _parse_schema(path, raw)
     problems += schema_problems
-    window_problems = _check_window(path, raw.get("window"))
-    problems += window_problems
+    problems += _check_window(path, raw.get("window"))
+    if modality == "slides" and raw.get("window") is not None:
+        problems.append(Problem(path, "'window' applies to 2-D images only", "Remove it, or use `images:` for a cohort of 2-D images.", field="window"))
     if modality == "images":
         slides, slide_problems = _read_images(path.parent / str(raw["images"]), check_files)
     else:
@@ -305,7 +314,9 @@ def _check_window(manifest: Path, window: Any) -> list[Problem]:
         center, width = float(window["center"]), float(window["width"])
     except (TypeError, ValueError):
         return [Problem(manifest, f"'window' values must be numbers, got {window}", hint, field="window")]
-    return [] if width > 0 and np.isfinite(center) else [Problem(manifest, f"'window.width' must be > 0, got {width:g}", hint, field="window")]
+    if not np.isfinite(center):
+        return [Problem(manifest, f"'window.center' must be a finite number, got {window['center']!r}", hint, field="window")]
+    return [] if width > 0 else [Problem(manifest, f"'window.width' must be > 0, got {width:g}", hint, field="window")]
 
 
 def _read_images(csv_path: Path, check_files: bool) -> tuple[pd.DataFrame | None, list[Problem]]:
@@ -316,6 +327,8 @@ def _read_images(csv_path: Path, check_files: bool) -> tuple[pd.DataFrame | None
     missing_cols = [c for c in IMAGE_COLUMNS if c not in table.columns]
     if missing_cols:
         return None, [Problem(csv_path, f"the column(s) {missing_cols} are missing", f"The image table needs columns {list(IMAGE_COLUMNS)} (and optionally window_center, window_width).", line=1)]
+    if "slide_id" in table.columns:
+        return None, [Problem(csv_path, "has a 'slide_id' column", "An image table names its images in 'image_id'; remove or rename the 'slide_id' column.", line=1, field="slide_id")]
     if table.empty:
         return None, [Problem(csv_path, "has no images", "Add one row per image.")]
     paths = []

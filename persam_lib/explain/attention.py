@@ -59,12 +59,20 @@ def records_output(loaded: LoadedModel, bag: Bag, records: pd.DataFrame, device:
     return out
 
 
+def check_run_matches(run: Run, cohort: Cohort) -> None:
+    """A run explains only the kind of cohort it was trained on (slides or images); say so if not."""
+    trained_on = run.inputs.get("modality", "slides")
+    if trained_on != cohort.modality:
+        raise ValueError(f"{run.path} was trained on {trained_on} but {cohort.manifest_path} is a cohort of {cohort.modality}; explain a run with the kind of cohort it was trained on")
+
+
 def explain_run(run: Run, cohort: Cohort, features_dir: str | Path | None, alterations: list[Alteration] | None = None, config: ExplainConfig = ExplainConfig(), *, progress: bool = True) -> Explanation:
     """Patch attention of every slide under its original record and each alteration.
 
     Without ``alterations``, `default_alterations`: every categorical field to each of its other
     values, every numeric field to the cohort's ``config.quantiles``.
     """
+    check_run_matches(run, cohort)
     device = Distributed().device(config.device)  # "auto": CUDA when present
     folds = run.folds
     records = cohort.records()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.cohort.schema import FieldSchema, is_missing
-from persam_lib.explain.attention import records_output
+from persam_lib.explain.attention import check_run_matches, records_output
 from persam_lib.models import MODEL_INFO
 from persam_lib.models.base import Batch
 from persam_lib.models.clinical import ClinicalTokenizer
@@ -171,6 +171,7 @@ class Attributions:
 
 def attribute_run(run: Run, cohort: Cohort, features_dir: str | Path | None, slides: list[str] | None = None, *, background_size: int = 16, steps: int = 32, seed: int = 0, progress: bool = True) -> Attributions:
     """IG and SHAP for every slide (or ``slides``), each with the fold model that did not train on its patient."""
+    check_run_matches(run, cohort)
     folds = run.folds
     records = cohort.records()
     schema = cohort.schema

@@ -141,8 +141,10 @@ def sample_background(cohort: Cohort, slide_id: str, features_dir: str | Path | 
         from persam_lib.train.data import image_window
 
         pixels = read_image(row["path"], image_window(cohort, {"slide_id": slide_id, **row.to_dict()}))
-        rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
-        return (rgb * 255).round().astype(np.uint8), 1.0, None
+        step = max(1, int(np.ceil(max(pixels.shape[:2]) / 1024)))  # a large radiograph is drawn at <= 1024 pixels a side
+        rgb = pixels[::step, ::step]
+        rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
+        return (rgb * 255).round().astype(np.uint8), float(step), None
     from persam_lib.features.extract import load_tissue_mask
     from persam_lib.slides.reader import open_slide
 
@@ -168,10 +170,7 @@ def write_figures(explanation: Explanation, cohort: Cohort, features_dir: str | 
     for slide_id in slides:
         coords, size, maps = slide_maps(explanation, slide_id)
         thumb, downsample, tissue = sample_background(cohort, slide_id, features_dir)
-        regions = None
-        if truth is not None:
-            mask = truth.mask(slide_id)
-            regions = {name: mask == value for name, value in truth.labels.items() if name not in ("background", "tissue")}
+        regions = truth.region_masks(slide_id) if truth is not None else None
         altered = {k: v for k, v in maps.items() if k != ORIGINAL}
         if not altered:
             continue

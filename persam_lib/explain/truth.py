@@ -39,6 +39,18 @@ class GroundTruth:
     def region_for(self, deciding_value: str) -> str:
         return self.diagnostic_region[str(deciding_value)]
 
+    @property
+    def region_kinds(self) -> list[str]:
+        """The region kinds that can be diagnostic (the lesions), in mask-label order; background,
+        tissue or body labels are not among them."""
+        kinds = set(self.diagnostic_region.values())
+        return [name for name in self.labels if name in kinds]
+
+    def region_masks(self, slide_id: str) -> dict[str, np.ndarray]:
+        """A boolean mask per region kind of one slide or image."""
+        mask = self.mask(slide_id)
+        return {name: mask == self.labels[name] for name in self.region_kinds}
+
 
 def load_truth(cohort: Cohort) -> GroundTruth | None:
     """The cohort's ground truth, or None when its manifest names none."""
@@ -58,9 +70,7 @@ def load_truth(cohort: Cohort) -> GroundTruth | None:
 def region_fractions(truth: GroundTruth, slide_id: str, coords: np.ndarray, patch_size: int) -> dict[str, np.ndarray]:
     """For each region kind that can be diagnostic (a value of ``diagnostic_region``), the fraction
     of every patch that lies inside it; background, tissue or body labels are not region kinds."""
-    mask = truth.mask(slide_id)
-    kinds = set(truth.diagnostic_region.values())
-    return {name: mask_fraction(mask == value, truth.mask_downsample, coords, patch_size) for name, value in truth.labels.items() if name in kinds}
+    return {name: mask_fraction(inside, truth.mask_downsample, coords, patch_size) for name, inside in truth.region_masks(slide_id).items()}
 
 
 def patch_auroc(attention: np.ndarray, inside: np.ndarray) -> float:

@@ -38,7 +38,7 @@ class Window:
 
 def apply_window(x: np.ndarray, window: Window) -> np.ndarray:
     """Linear DICOM windowing (PS3.3 C.11.2.1.2.1) into [0, 1]; a width <= 1 thresholds at center - 0.5."""
-    x = x.astype(np.float64)
+    x = np.nan_to_num(x.astype(np.float64), nan=-np.inf)  # a NaN pixel (float TIFF) shows as the window's floor
     c, w = window.center, window.width
     if w <= 1:
         return (x > c - 0.5).astype(np.float32)
@@ -91,6 +91,8 @@ def _read_pil(path: Path) -> np.ndarray:
             elif img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 img = img.convert("RGB")
             return np.asarray(img)
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, f"is too large to read safely ({e})", "downsample it (e.g. to at most 8192 pixels a side) before use") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(path, f"not a readable image ({e})",
                              "supported formats are PNG, JPEG, BMP, TIFF and DICOM; re-export the file") from e

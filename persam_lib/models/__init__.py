@@ -44,31 +44,38 @@ class ModelInfo:
         return tuple(kind for kind, build in (("features", self.build), ("image", self.build_image)) if build is not None)
 
 
-def _image_features(config: ModelConfig) -> ModelConfig:
-    """The config of a bag model that reads tokens from an image stem of ``d_model`` channels."""
-    return replace(config, feature_dim=config.d_model, input_kind="features")
+def on_stem(stem: Callable[[int, int, int], nn.Module], bag_model: Builder, name: str) -> Builder:
+    """Build ``bag_model`` (registered as ``name``) over the patch tokens an image ``stem`` makes
+    (`PatchGridEncoder`: each patch on its own; `ConvBackbone`: the cells of a whole-image CNN)."""
+
+    def build(config: ModelConfig) -> nn.Module:
+        encoder = stem(config.feature_dim, config.d_model, config.patch_size)
+        inner = bag_model(replace(config, feature_dim=encoder.out_dim, input_kind="features"))
+        return ImageModel(encoder, inner, config, name)
+
+    return build
 
 
-def on_patch_grid(bag_model: Builder) -> Builder:
+def on_patch_grid(bag_model: Builder, name: str) -> Builder:
     """Build ``bag_model`` over an image's patch grid, each patch encoded on its own (`PatchGridEncoder`)."""
-    return lambda c: ImageModel(PatchGridEncoder(c.feature_dim, c.d_model, c.patch_size), bag_model(_image_features(c)), c)
+    return on_stem(PatchGridEncoder, bag_model, name)
 
 
-def on_cnn_cells(bag_model: Builder) -> Builder:
+def on_cnn_cells(bag_model: Builder, name: str) -> Builder:
     """Build ``bag_model`` over the cells of a whole-image CNN's last feature map (`ConvBackbone`)."""
-    return lambda c: ImageModel(ConvBackbone(c.feature_dim, c.d_model, c.patch_size), bag_model(_image_features(c)), c)
+    return on_stem(ConvBackbone, bag_model, name)
 
 
 MODEL_INFO: dict[str, ModelInfo] = {
-    "persam": ModelInfo(PersAM, True, True, True, "PersAM: Transformer over patch and clinical-field tokens", on_patch_grid(PersAM)),
-    "mma_mgmu": ModelInfo(MMAMGMU, True, True, True, "EHR-guided attention + multi-head gated multimodal unit", MMAMGMUImage),
-    "chexradinet": ModelInfo(ChexRadiNet, True, False, False, "triplet attention + radiomics of the attended region fed back", ChexRadiNetImage),
-    "concat": ModelInfo(ConcatFusion, True, True, False, "ABMIL embedding concatenated with a record MLP", on_patch_grid(ConcatFusion)),
-    "abmil": ModelInfo(ABMIL, True, False, False, "gated attention MIL, image only", on_patch_grid(ABMIL)),
-    "transmil": ModelInfo(TransMIL, True, False, False, "TransMIL-style Transformer, image only", on_patch_grid(TransMIL)),
-    "cnn": ModelInfo(None, True, False, False, "plain CNN with attention pooling over its last feature map, image only", on_cnn_cells(ABMIL)),
-    "cnn_concat": ModelInfo(None, True, True, False, "the plain CNN's embedding concatenated with a record MLP", on_cnn_cells(ConcatFusion)),
-    "clinical_only": ModelInfo(ClinicalOnly, False, True, False, "MLP over the record, no image", ClinicalOnly),
+    "persam": ModelInfo(PersAM, True, True, True, "PersAM: Transformer over patch and clinical-field tokens", build_image=on_patch_grid(PersAM, "persam")),
+    "mma_mgmu": ModelInfo(MMAMGMU, True, True, True, "EHR-guided attention + multi-head gated multimodal unit", build_image=MMAMGMUImage),
+    "chexradinet": ModelInfo(ChexRadiNet, True, False, False, "triplet attention + radiomics of the attended region fed back", build_image=ChexRadiNetImage),
+    "concat": ModelInfo(ConcatFusion, True, True, False, "ABMIL embedding concatenated with a record MLP", build_image=on_patch_grid(ConcatFusion, "concat")),
+    "abmil": ModelInfo(ABMIL, True, False, False, "gated attention MIL, image only", build_image=on_patch_grid(ABMIL, "abmil")),
+    "transmil": ModelInfo(TransMIL, True, False, False, "TransMIL-style Transformer, image only", build_image=on_patch_grid(TransMIL, "transmil")),
+    "cnn": ModelInfo(None, True, False, False, "plain CNN with attention pooling over its last feature map, image only", build_image=on_cnn_cells(ABMIL, "cnn")),
+    "cnn_concat": ModelInfo(None, True, True, False, "the plain CNN's embedding concatenated with a record MLP", build_image=on_cnn_cells(ConcatFusion, "cnn_concat")),
+    "clinical_only": ModelInfo(ClinicalOnly, False, True, False, "MLP over the record, no image", build_image=ClinicalOnly),
 }
 READS_RECORD = {name: info.reads_record for name, info in MODEL_INFO.items()}
 

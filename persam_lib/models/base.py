@@ -46,7 +46,8 @@ class Batch:
     """A padded batch of bags with their clinical records.
 
     features (B, N, D) float; patch_mask (B, N) bool, True where a patch is real (not padding);
-    coords (B, N, 2) long level-0 top-left; codes (B, F) long — category index + 1, or 1 for a
+    coords (B, N, 2) long top-left corners (a slide's level-0 pixels; inside an image model, the
+    model input's pixels); codes (B, F) long — category index + 1, or 1 for a
     present numeric value, 0 for missing; values (B, F) float — standardised numeric values, 0
     elsewhere.
 
@@ -69,8 +70,8 @@ class Batch:
     @classmethod
     def of_images(cls, images: torch.Tensor, codes: torch.Tensor, values: torch.Tensor) -> "Batch":
         """A batch of images (B, C, S, S) with their records; the bag tensors are empty."""
-        b = images.shape[0]
-        return cls(images.new_zeros(b, 0, 0), torch.zeros(b, 0, dtype=torch.bool), torch.zeros(b, 0, 2, dtype=torch.long), codes, values, images)
+        b, device = images.shape[0], images.device
+        return cls(images.new_zeros(b, 0, 0), torch.zeros(b, 0, dtype=torch.bool, device=device), torch.zeros(b, 0, 2, dtype=torch.long, device=device), codes, values, images)
 
     @property
     def n_rows(self) -> int:

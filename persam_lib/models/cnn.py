@@ -94,16 +94,16 @@ def require_images(batch: Batch, model: str) -> torch.Tensor:
 class ImageModel(nn.Module):
     """A stem that turns images into patch tokens, then a bag model over them (the tokens are its "features")."""
 
-    def __init__(self, stem: nn.Module, inner: nn.Module, config: ModelConfig):
+    def __init__(self, stem: nn.Module, inner: nn.Module, config: ModelConfig, name: str = "image model"):
         super().__init__()
-        self.stem, self.inner = stem, inner
+        self.stem, self.inner, self.name = stem, inner, name
         self.register_buffer("coords", cell_coords(config.image_size, config.patch_size), persistent=False)
 
     def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
-        images = require_images(batch, type(self.inner).__name__)
+        images = require_images(batch, self.name)
         tokens = self.stem(images)  # (B, N, d); B = 1 for one image under several records
         if tokens.dim() == 4:  # a feature map: one token per cell
             tokens = cells_to_tokens(tokens)
         b, n = tokens.shape[:2]
-        bag = Batch(tokens, torch.ones(b, n, dtype=torch.bool, device=tokens.device), self.coords.expand(b, -1, -1), batch.codes, batch.values)
+        bag = Batch(tokens, torch.ones(b, n, dtype=torch.bool, device=tokens.device), self.coords.expand(b, -1, -1), batch.codes, batch.values)  # coords: model-input pixels
         return self.inner(bag, rollout=rollout)

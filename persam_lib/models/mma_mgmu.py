@@ -118,7 +118,7 @@ class EHRSpatialAttention(nn.Module):
 def parse_stages(text: str, n_stages: int) -> tuple[int, ...]:
     """``"3,4"`` → (2, 3): the 1-based stage numbers as 0-based indices, each checked to exist."""
     try:
-        stages = tuple(sorted({int(part) for part in str(text).split(",") if part.strip()}))
+        stages = tuple(sorted({int(part) for part in str(text).split(",")}))
     except ValueError:
         raise ValueError(f"ehr_stages must be comma-separated stage numbers like '3,4', got {text!r}") from None
     if not stages or stages[0] < 1 or stages[-1] > n_stages:

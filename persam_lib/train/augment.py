@@ -2,8 +2,9 @@
 
 A CNN trained on a hundred radiographs memorises them within a few epochs; flipping (a lesion may
 sit in either lung) and shifting by a few pixels are the augmentations that keep the anatomy
-plausible. Draws come from the training loop's own generator, so a resumed run augments exactly as
-an uninterrupted one. Evaluation and explanation never augment.
+plausible. Draws come from a generator seeded by (seed, epoch, rank) (`epoch_generator`): a resumed
+run augments exactly as an uninterrupted one, and ranks under torchrun never disturb the shared
+order of samples. Evaluation and explanation never augment.
 """
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ import torch
 import torch.nn.functional as F
 
 
-def augment_images(images: torch.Tensor, generator: torch.Generator, max_shift: float = 1 / 16) -> torch.Tensor:
+def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """The generator one rank's augmentation draws from during one epoch."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_009 + rank)
+
+
+def augment_images(images: torch.Tensor, generator: torch.Generator, fill: torch.Tensor | None = None, max_shift: float = 1 / 16) -> torch.Tensor:
     """(B, C, S, S) → the same images, each flipped left–right with probability 1/2 and shifted by
-    up to ``max_shift`` of its side in x and y (the border filled with zeros: the mean of
-    standardised pixels)."""
+    up to ``max_shift`` of its side in x and y, the uncovered border set to ``fill`` (C,) — the
+    standardised value of a black pixel, so a shift looks like the letterbox's own border (default 0)."""
     b, _, s, _ = images.shape
     flip = torch.rand(b, generator=generator) < 0.5
     out = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
@@ -23,4 +29,8 @@ def augment_images(images: torch.Tensor, generator: torch.Generator, max_shift: 
         return out
     shifts = torch.randint(0, 2 * m + 1, (b, 2), generator=generator).tolist()
     padded = F.pad(out, (m, m, m, m))
+    if fill is not None:
+        border = torch.ones(s + 2 * m, s + 2 * m, dtype=torch.bool, device=out.device)
+        border[m : m + s, m : m + s] = False
+        padded = torch.where(border, fill.to(padded)[None, :, None, None], padded)
     return torch.stack([padded[i, :, dy : dy + s, dx : dx + s] for i, (dx, dy) in enumerate(shifts)])

@@ -66,8 +66,9 @@ def load_samples(cohort: Cohort, features_dir: str | Path | None = None, images:
 
 def load_sample(cohort: Cohort, slide_id: str, features_dir: str | Path | None, images: ImageInput) -> Bag:
     """One sample (a slide's features or an image), as `load_samples` reads it."""
-    table = cohort.slide_table()
-    row = table[table["slide_id"] == slide_id].iloc[0].to_dict()
+    row = cohort.sample_rows().get(slide_id)
+    if row is None:
+        raise KeyError(f"{cohort.manifest_path}: no {cohort.sample_name} '{slide_id}' in the cohort")
     if cohort.modality == "images":
         return _image_bag(cohort, row, images)
     data = read_features(feature_path(features_dir, slide_id))

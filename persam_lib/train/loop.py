@@ -22,7 +22,7 @@ from torch import nn
 from persam_lib.atomic import atomic_path
 from persam_lib.models.base import Batch
 from persam_lib.models.clinical import RecordEncoder
-from persam_lib.train.augment import augment_images
+from persam_lib.train.augment import augment_images, epoch_generator
 from persam_lib.train.data import Bag, FeatureNormaliser, collate_bags
 from persam_lib.train.distributed import Distributed
 
@@ -70,6 +70,16 @@ class TrainConfig:
             raise ValueError(f"modality must be 'slides' or 'images', got {modality!r}")
         return cls(**({"lr": 1e-3} if modality == "images" else {}) | options)
 
+    def _stages_fit(self) -> bool:
+        """MMA-MGMU's ``ehr_stages`` name stages its image CNN has (checked for that model only)."""
+        from persam_lib.models.mma_mgmu import parse_stages
+
+        try:
+            parse_stages(self.ehr_stages, self.patch_size.bit_length() - 1 if self.model == "mma_mgmu" else 64)
+        except ValueError:
+            return False
+        return True
+
     def __post_init__(self) -> None:
         checks = [
             ("n_folds", self.n_folds >= 2, "an int >= 2"),
@@ -88,7 +98,7 @@ class TrainConfig:
             ("radiomics_iterations", self.radiomics_iterations >= 1, "an int >= 1"),
             ("patch_size", self.patch_size >= 4 and self.patch_size & (self.patch_size - 1) == 0, "a power of two >= 4"),
             ("image_size", self.image_size >= 2 * self.patch_size and self.image_size % self.patch_size == 0, f"a multiple of patch_size ({self.patch_size}), at least twice it"),
-            ("ehr_stages", all(p.strip().isdigit() and int(p) >= 1 for p in self.ehr_stages.split(",")), "comma-separated stage numbers from 1, like '3,4'"),
+            ("ehr_stages", self._stages_fit(), f"comma-separated numbers of the CNN's stages, 1 to {self.patch_size.bit_length() - 1} (one per halving of patch_size), like '3,4'"),
             ("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ]
         for name, ok, expected in checks:
@@ -210,6 +220,8 @@ def fit(
         model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
         loss_sum, steps = 0.0, 0  # this rank's share of each step's loss; combined over ranks once per epoch
+        augmenting = epoch_generator(config.seed, state.epoch, distributed.rank)  # never the shared order's generator
+        fill = torch.from_numpy(-normaliser.mean / normaliser.std)  # a black pixel, standardised
         for start in range(0, len(order), config.batch_size):
             chunk = [train[i] for i in order[start : start + config.batch_size]]
             # each rank's loss is its share's weighted sum over the whole chunk's weight, times the
@@ -221,7 +233,7 @@ def fit(
                 mine, scale = chunk[:1], 0.0
             batch = make_batch(mine, records, encoder, normaliser)
             if batch.images is not None and config.augment:
-                batch.images = augment_images(batch.images, generator)
+                batch.images = augment_images(batch.images, augmenting, fill)
             batch = batch.to(device)
             targets = torch.tensor([b.y for b in mine], device=device)
             with autocast(device):
