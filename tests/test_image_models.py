@@ -153,7 +153,7 @@ def test_chexradinet_radiomics_are_computed_on_the_pixels_of_the_attended_cells(
     from persam_lib.models.radiomics import FIRST_ORDER
 
     model = create_model("chexradinet", replace(CONFIG, region_fraction=1 / CELLS))  # the region is the top cell
-    intensity = np.zeros((1, 64, 64), dtype=np.float32)
+    intensity = torch.zeros(1, 64, 64)
     intensity[0, 32:48, 16:32] = 5.0  # cell (row 2, column 1) = 9
     attention = torch.full((1, CELLS), 0.01)
     attention[0, 9] = 1.0
@@ -162,6 +162,23 @@ def test_chexradinet_radiomics_are_computed_on_the_pixels_of_the_attended_cells(
     assert features[FIRST_ORDER.index("area_fraction")] == pytest.approx(1 / CELLS)
     attention[0, 9], attention[0, 0] = 0.01, 1.0
     assert model._region_radiomics(attention, intensity)[0][FIRST_ORDER.index("mean")] == pytest.approx(0.0)
+
+
+def test_batched_radiomics_equal_the_reference_image_by_image():
+    from persam_lib.models.radiomics import radiomics, radiomics_batch
+
+    rng = np.random.default_rng(0)
+    images = rng.random((10, 24, 20)) * rng.uniform(0.5, 3, (10, 1, 1))
+    regions = rng.random((10, 24, 20)) < rng.uniform(0.05, 0.9, (10, 1, 1))
+    regions[0] = False  # empty: all zeros
+    regions[1] = False
+    regions[1, 5, 5] = True  # one pixel: no neighbouring pairs, flat texture
+    regions[2] = False
+    regions[2, 3:9, 4:10] = True
+    expected = np.stack([radiomics(i, r) for i, r in zip(images, regions)])
+    got = radiomics_batch(torch.from_numpy(images), torch.from_numpy(regions)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert got[0].tolist() == [0.0] * len(got[0]) and got[3, -1] != 0
 
 
 @pytest.mark.parametrize("name", ["persam", "mma_mgmu", "chexradinet", "cnn", "cnn_concat"])

@@ -23,7 +23,7 @@ from persam_lib.models.layers import patch_embedding
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax, single_attention_output
 from persam_lib.models.cnn import ConvBackbone, cells_to_tokens, require_images
 from persam_lib.models.grid import gather_from_grid, scatter_to_grid
-from persam_lib.models.radiomics import N_FEATURES, radiomics
+from persam_lib.models.radiomics import N_FEATURES, radiomics, radiomics_batch
 
 
 class AttentionGate(nn.Module):
@@ -126,7 +126,7 @@ class ChexRadiNetImage(nn.Module):
             if str(i) in self.triplets:
                 x = x + self.triplets[str(i)](x)
         grid = self.project(x)  # (B, d, g, g)
-        intensity = images.detach().float().mean(1).cpu().numpy()  # (B, S, S): the grey levels radiomics are computed on
+        intensity = images.detach().float().mean(1)  # (B, S, S): the grey levels radiomics are computed on
         guidance = grid.new_zeros(grid.shape[0], grid.shape[1])
         for _ in range(self.iterations):
             refined = torch.relu(self.mix(self.triplet(grid + guidance[:, :, None, None]))) + grid
@@ -135,16 +135,13 @@ class ChexRadiNetImage(nn.Module):
             guidance = self.guide(self.radiomics_norm(self._region_radiomics(attention.detach(), intensity)))
         return single_attention_output(self.head(torch.cat([pooled, guidance], dim=-1)), attention).expand(batch.n_rows)  # the record cannot change it
 
-    def _region_radiomics(self, attention: torch.Tensor, intensity: np.ndarray) -> torch.Tensor:
-        """Radiomics of the input pixels inside the top ``region_fraction`` of cells by attention."""
+    def _region_radiomics(self, attention: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
+        """Radiomics of the input pixels (B, S, S) inside the top ``region_fraction`` of cells by
+        attention, computed on the model's device for the whole batch at once."""
         b, n = attention.shape
         g, p = int(round(n**0.5)), self.patch_size
         k = max(int(round(self.region_fraction * n)), 1)
-        top = torch.topk(attention, k, dim=-1).indices.cpu().numpy()
-        out = np.zeros((b, N_FEATURES), dtype=np.float32)
-        for i in range(b):
-            cells = np.zeros(n, dtype=bool)
-            cells[top[i]] = True
-            region = np.kron(cells.reshape(g, g), np.ones((p, p), dtype=bool))  # cells → pixels
-            out[i] = radiomics(intensity[i], region)
-        return torch.from_numpy(out).to(attention.device)
+        cells = torch.zeros(b, n, dtype=torch.bool, device=attention.device)
+        cells.scatter_(1, torch.topk(attention, k, dim=-1).indices, True)
+        region = cells.view(b, g, 1, g, 1).expand(b, g, p, g, p).reshape(b, g * p, g * p)  # cells → pixels
+        return radiomics_batch(intensity, region).to(intensity.device)
