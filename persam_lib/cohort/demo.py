@@ -89,16 +89,7 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
     write_text_atomic(out / "slides.csv", slides.to_csv(index=False))
     write_text_atomic(out / "clinical.csv", clinical.to_csv(index=False, na_rep=""))
     write_text_atomic(out / "truth" / "regions.csv", regions.to_csv(index=False))
-    truth = {
-        "masks": "masks",
-        "mask_downsample": config.mask_downsample,
-        "labels": REGION_LABELS,
-        "deciding_field": DECIDING_FIELD,
-        "diagnostic_region": DIAGNOSTIC_REGION,
-        "noise_fields": list(NOISE_FIELDS),
-        "regions": "regions.csv",
-    }
-    write_text_atomic(out / "truth" / "truth.yaml", yaml.safe_dump(truth, sort_keys=False))
+    write_truth(out / "truth", config.mask_downsample, REGION_LABELS, DECIDING_FIELD, DIAGNOSTIC_REGION, NOISE_FIELDS)
     manifest = {
         "cohort": "demo",
         "slides": "slides.csv",
@@ -118,6 +109,20 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
     manifest_path = out / "manifest.yaml"
     write_text_atomic(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
     return manifest_path
+
+
+def write_truth(truth_dir: Path, mask_downsample: float, labels: dict[str, int], deciding_field: str, diagnostic_region: dict[str, str], noise_fields: tuple[str, ...]) -> Path:
+    """A demo cohort's ``truth.yaml`` (masks in ``masks/``, per-sample phenotypes in ``regions.csv``), written atomically."""
+    truth = {
+        "masks": "masks",
+        "mask_downsample": mask_downsample,
+        "labels": labels,
+        "deciding_field": deciding_field,
+        "diagnostic_region": diagnostic_region,
+        "noise_fields": list(noise_fields),
+        "regions": "regions.csv",
+    }
+    return write_text_atomic(truth_dir / "truth.yaml", yaml.safe_dump(truth, sort_keys=False))
 
 
 def _render_and_write(job: tuple[DemoConfig, Path, str, str, str]) -> str:

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from persam_lib.atomic import atomic_path, write_text_atomic
+from persam_lib.cohort.demo import write_truth
 from persam_lib.cohort.demo_radiograph import REGION_LABELS, RadiographDesign, render_radiograph
 from persam_lib.images.reader import Window
 from persam_lib.images.writer import write_dicom
@@ -86,16 +87,7 @@ def make_radiograph_cohort(out: str | Path, config: RadiographCohortConfig = Rad
     write_text_atomic(out / "images.csv", images.to_csv(index=False))
     write_text_atomic(out / "clinical.csv", clinical.to_csv(index=False, na_rep=""))
     write_text_atomic(out / "truth" / "regions.csv", regions.to_csv(index=False))
-    truth = {
-        "masks": "masks",
-        "mask_downsample": 1,
-        "labels": REGION_LABELS,
-        "deciding_field": DECIDING_FIELD,
-        "diagnostic_region": DIAGNOSTIC_REGION,
-        "noise_fields": list(NOISE_FIELDS),
-        "regions": "regions.csv",
-    }
-    write_text_atomic(out / "truth" / "truth.yaml", yaml.safe_dump(truth, sort_keys=False))
+    write_truth(out / "truth", 1, REGION_LABELS, DECIDING_FIELD, DIAGNOSTIC_REGION, NOISE_FIELDS)
     manifest = {
         "cohort": "demo-radiographs",
         "images": "images.csv",

@@ -155,10 +155,7 @@ def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem
     problems += _check_window(path, raw.get("window"))
     if modality == "slides" and raw.get("window") is not None:
         problems.append(Problem(path, "'window' applies to 2-D images only", "Remove it, or use `images:` for a cohort of 2-D images.", field="window"))
-    if modality == "images":
-        slides, slide_problems = _read_images(path.parent / str(raw["images"]), check_files)
-    else:
-        slides, slide_problems = _read_slides(path, path.parent / str(raw["slides"]), check_files)
+    slides, slide_problems = _read_samples(path.parent / str(raw[modality]), modality[:-1], check_files)
     problems += slide_problems
     clinical = None
     if schema is not None:
@@ -268,39 +265,72 @@ def _read_csv(csv_path: Path, what: str) -> tuple[pd.DataFrame | None, list[Prob
     return table, []
 
 
-def _read_slides(manifest: Path, csv_path: Path, check_files: bool) -> tuple[pd.DataFrame | None, list[Problem]]:
-    table, problems = _read_csv(csv_path, "slides")
+def _read_samples(csv_path: Path, kind: str, check_files: bool) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """The slide or image table (``kind`` "slide" or "image"): required columns, one row per
+    sample with a unique id, existing files, the kind's optional columns checked; returned keyed
+    by ``slide_id`` (an image table's ``image_id``) with absolute paths."""
+    id_column, columns, optional = ("slide_id", SLIDE_COLUMNS, "mpp") if kind == "slide" else ("image_id", IMAGE_COLUMNS, "window_center, window_width")
+    table, problems = _read_csv(csv_path, f"{kind}s")
     if table is None:
         return None, problems
-    missing_cols = [c for c in SLIDE_COLUMNS if c not in table.columns]
+    missing_cols = [c for c in columns if c not in table.columns]
     if missing_cols:
-        return None, [Problem(csv_path, f"the column(s) {missing_cols} are missing", f"The slide table needs columns {list(SLIDE_COLUMNS)} (and optionally mpp).", line=1)]
+        return None, [Problem(csv_path, f"the column(s) {missing_cols} are missing", f"The {kind} table needs columns {list(columns)} (and optionally {optional}).", line=1)]
+    if kind == "image" and "slide_id" in table.columns:
+        return None, [Problem(csv_path, "has a 'slide_id' column", "An image table names its images in 'image_id'; remove or rename the 'slide_id' column.", line=1, field="slide_id")]
     if table.empty:
-        return None, [Problem(csv_path, "has no slides", "Add one row per slide.")]
+        return None, [Problem(csv_path, f"has no {kind}s", f"Add one row per {kind}.")]
     paths = []
+    row_checks = _mpp_problems if kind == "slide" else _window_problems
     for i, row in table.iterrows():
         line = int(i) + 2
-        for col in SLIDE_COLUMNS:
+        for col in columns:
             if row[col].strip() == "":
                 problems.append(Problem(csv_path, f"'{col}' is empty", f"Fill in the {col}.", line=line, field=col))
-        slide_path = (csv_path.parent / row["path"]).resolve() if row["path"] else csv_path.parent
-        paths.append(str(slide_path))
-        if check_files and row["path"] and not slide_path.is_file():
-            problems.append(Problem(csv_path, f"slide file {slide_path} does not exist (slide '{row['slide_id']}')", "Fix the path (relative to the slide table's folder) or remove the row.", line=line, field="path"))
-        if "mpp" in table.columns and row["mpp"].strip():
-            try:
-                mpp = float(row["mpp"])
-            except ValueError:
-                mpp = float("nan")
-            if not (0.05 <= mpp <= 20):
-                problems.append(Problem(csv_path, f"mpp '{row['mpp']}' is not a plausible microns-per-pixel value", "Give the level-0 resolution in microns per pixel (0.25 at 40x, 0.5 at 20x) or leave it empty to use the slide's metadata.", line=line, field="mpp"))
-    duplicated = table["slide_id"][table["slide_id"].duplicated()]
-    for i, slide_id in duplicated.items():
-        problems.append(Problem(csv_path, f"slide_id '{slide_id}' appears more than once", "Give every slide a unique slide_id.", line=int(i) + 2, field="slide_id"))
-    table = table.assign(path=paths)
-    if "mpp" in table.columns:
-        table["mpp"] = pd.to_numeric(table["mpp"], errors="coerce")
+        sample_path = (csv_path.parent / row["path"]).resolve() if row["path"] else csv_path.parent
+        paths.append(str(sample_path))
+        if check_files and row["path"] and not sample_path.is_file():
+            problems.append(Problem(csv_path, f"{kind} file {sample_path} does not exist ({kind} '{row[id_column]}')", f"Fix the path (relative to the {kind} table's folder) or remove the row.", line=line, field="path"))
+        problems += row_checks(csv_path, row, line)
+    for i, sample_id in table[id_column][table[id_column].duplicated()].items():
+        problems.append(Problem(csv_path, f"{id_column} '{sample_id}' appears more than once", f"Give every {kind} a unique {id_column}.", line=int(i) + 2, field=id_column))
+    table = table.assign(path=paths).rename(columns={id_column: "slide_id"})
+    numeric = ["mpp"] if kind == "slide" else ["window_center", "window_width"]  # an image table always has both (NaN: not given)
+    for col in numeric:
+        if col in table.columns:
+            table[col] = pd.to_numeric(table[col], errors="coerce")
+        elif kind == "image":
+            table[col] = np.nan
     return table, problems
+
+
+def _mpp_problems(csv_path: Path, row: pd.Series, line: int) -> list[Problem]:
+    """A slide row's optional ``mpp``: a plausible level-0 resolution."""
+    if "mpp" not in row or not row["mpp"].strip():
+        return []
+    try:
+        mpp = float(row["mpp"])
+    except ValueError:
+        mpp = float("nan")
+    if 0.05 <= mpp <= 20:
+        return []
+    return [Problem(csv_path, f"mpp '{row['mpp']}' is not a plausible microns-per-pixel value", "Give the level-0 resolution in microns per pixel (0.25 at 40x, 0.5 at 20x) or leave it empty to use the slide's metadata.", line=line, field="mpp")]
+
+
+def _window_problems(csv_path: Path, row: pd.Series, line: int) -> list[Problem]:
+    """An image row's optional display window: both values or neither, a number and a width > 0."""
+    given = [c for c in ("window_center", "window_width") if c in row and row[c].strip()]
+    if not given:
+        return []
+    if len(given) != 2:
+        return [Problem(csv_path, f"only {given[0]} is given", "Give both window_center and window_width, or neither (the file's own window is used).", line=line, field=given[0])]
+    try:
+        center, width = float(row["window_center"]), float(row["window_width"])
+    except ValueError:
+        center, width = float("nan"), float("nan")
+    if np.isfinite(center) and width > 0:
+        return []
+    return [Problem(csv_path, f"window {row['window_center']!r}/{row['window_width']!r} is not a number and a width > 0", "Give the display window's centre and width in the image's grey levels (after the DICOM rescale).", line=line, field="window_width")]
 
 
 def _check_window(manifest: Path, window: Any) -> list[Problem]:
@@ -317,47 +347,6 @@ def _check_window(manifest: Path, window: Any) -> list[Problem]:
     if not np.isfinite(center):
         return [Problem(manifest, f"'window.center' must be a finite number, got {window['center']!r}", hint, field="window")]
     return [] if width > 0 else [Problem(manifest, f"'window.width' must be > 0, got {width:g}", hint, field="window")]
-
-
-def _read_images(csv_path: Path, check_files: bool) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """The image table, checked like the slide table; returned keyed by ``slide_id`` (= image_id)."""
-    table, problems = _read_csv(csv_path, "images")
-    if table is None:
-        return None, problems
-    missing_cols = [c for c in IMAGE_COLUMNS if c not in table.columns]
-    if missing_cols:
-        return None, [Problem(csv_path, f"the column(s) {missing_cols} are missing", f"The image table needs columns {list(IMAGE_COLUMNS)} (and optionally window_center, window_width).", line=1)]
-    if "slide_id" in table.columns:
-        return None, [Problem(csv_path, "has a 'slide_id' column", "An image table names its images in 'image_id'; remove or rename the 'slide_id' column.", line=1, field="slide_id")]
-    if table.empty:
-        return None, [Problem(csv_path, "has no images", "Add one row per image.")]
-    paths = []
-    for i, row in table.iterrows():
-        line = int(i) + 2
-        for col in IMAGE_COLUMNS:
-            if row[col].strip() == "":
-                problems.append(Problem(csv_path, f"'{col}' is empty", f"Fill in the {col}.", line=line, field=col))
-        image_path = (csv_path.parent / row["path"]).resolve() if row["path"] else csv_path.parent
-        paths.append(str(image_path))
-        if check_files and row["path"] and not image_path.is_file():
-            problems.append(Problem(csv_path, f"image file {image_path} does not exist (image '{row['image_id']}')", "Fix the path (relative to the image table's folder) or remove the row.", line=line, field="path"))
-        given = [c for c in ("window_center", "window_width") if c in table.columns and row[c].strip()]
-        if given and len(given) != 2:
-            problems.append(Problem(csv_path, f"only {given[0]} is given", "Give both window_center and window_width, or neither (the file's own window is used).", line=line, field=given[0]))
-        elif given:
-            try:
-                center, width = float(row["window_center"]), float(row["window_width"])
-            except ValueError:
-                center, width = float("nan"), float("nan")
-            if not (np.isfinite(center) and width > 0):
-                problems.append(Problem(csv_path, f"window {row['window_center']!r}/{row['window_width']!r} is not a number and a width > 0", "Give the display window's centre and width in the image's grey levels (after the DICOM rescale).", line=line, field="window_width"))
-    duplicated = table["image_id"][table["image_id"].duplicated()]
-    for i, image_id in duplicated.items():
-        problems.append(Problem(csv_path, f"image_id '{image_id}' appears more than once", "Give every image a unique image_id.", line=int(i) + 2, field="image_id"))
-    table = table.assign(path=paths).rename(columns={"image_id": "slide_id"})
-    for col in ("window_center", "window_width"):
-        table[col] = pd.to_numeric(table[col], errors="coerce") if col in table.columns else np.nan
-    return table, problems
 
 
 def _read_clinical(csv_path: Path, schema: FieldSchema) -> tuple[pd.DataFrame | None, list[Problem]]:

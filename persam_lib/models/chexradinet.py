@@ -54,13 +54,15 @@ class TripletAttention(nn.Module):
         return (cw + ch + hw) / 3
 
 
-class ChexRadiNet(nn.Module):
+class RadiomicsGuidance(nn.Module):
+    """What both forms share: each iteration refines the map (B, d, H, W) with triplet attention
+    under the current guidance, scores its cells (the heatmap), and turns the radiomics of the
+    heatmap's region into the next guidance; the head reads the pooled map and the last guidance."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         d = config.d_model
         self.iterations = max(int(config.radiomics_iterations), 1)
-        self.region_fraction = config.region_fraction
-        self.embed = patch_embedding(config.feature_dim, d, config.dropout)
         self.triplet = TripletAttention()
         self.mix = nn.Conv2d(d, d, 3, padding=1)
         self.heat = nn.Conv2d(d, 1, 1)
@@ -68,20 +70,39 @@ class ChexRadiNet(nn.Module):
         self.radiomics_norm = nn.LayerNorm(N_FEATURES)
         self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * d, config.n_classes))
 
+    def refine(self, grid: torch.Tensor, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The refined map and its heat scores (B, 1, H, W) under ``guidance`` (B, d)."""
+        refined = torch.relu(self.mix(self.triplet(grid + guidance[:, :, None, None]))) + grid
+        return refined, self.heat(refined)
+
+    def next_guidance(self, features: torch.Tensor) -> torch.Tensor:
+        """Radiomics features (B, N_FEATURES) → the guidance (B, d) of the next iteration."""
+        return self.guide(self.radiomics_norm(features))
+
+    def classify(self, pooled: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([pooled, guidance], dim=-1))
+
+
+class ChexRadiNet(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.region_fraction = config.region_fraction
+        self.embed = patch_embedding(config.feature_dim, config.d_model, config.dropout)
+        self.guidance = RadiomicsGuidance(config)
+
     def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
         patches = self.embed(batch.features)  # (B, N, d)
         grid, index = scatter_to_grid(patches, batch.coords, batch.patch_mask)  # (B, d, H, W)
         guidance = torch.zeros(grid.shape[0], grid.shape[1], device=grid.device, dtype=grid.dtype)
         intensity = grid.detach().float().mean(1)  # (B, H, W): the grey-level image radiomics are computed on
-        for _ in range(self.iterations):
-            refined = torch.relu(self.mix(self.triplet(grid + guidance[:, :, None, None]))) + grid
+        for _ in range(self.guidance.iterations):
+            refined, heat = self.guidance.refine(grid, guidance)
             tokens = gather_from_grid(refined, index, batch.patch_mask)  # (B, N, d)
-            scores = gather_from_grid(self.heat(refined), index, batch.patch_mask).squeeze(-1)  # (B, N)
+            scores = gather_from_grid(heat, index, batch.patch_mask).squeeze(-1)  # (B, N)
             attention = masked_softmax(scores, batch.patch_mask)
             pooled = torch.einsum("bn,bnd->bd", attention.to(tokens.dtype), tokens)
-            features = self._region_radiomics(attention.detach(), index, batch.patch_mask, intensity)
-            guidance = self.guide(self.radiomics_norm(features))
-        return single_attention_output(self.head(torch.cat([pooled, guidance], dim=-1)), attention).expand(batch.n_rows)  # the record cannot change it
+            guidance = self.guidance.next_guidance(self._region_radiomics(attention.detach(), index, batch.patch_mask, intensity))
+        return single_attention_output(self.guidance.classify(pooled, guidance), attention).expand(batch.n_rows)  # the record cannot change it
 
     def _region_radiomics(self, attention: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
         """Radiomics of the top ``region_fraction`` of each bag's patches by attention."""
@@ -104,36 +125,30 @@ class ChexRadiNetImage(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        d = config.d_model
-        self.iterations = max(int(config.radiomics_iterations), 1)
         self.region_fraction = config.region_fraction
         self.patch_size = config.patch_size
-        self.backbone = ConvBackbone(config.feature_dim, d, config.patch_size)
-        self.triplets = nn.ModuleDict({str(i): TripletAttention() for i in range(max(len(self.backbone.stages) - 2, 0), len(self.backbone.stages))})
-        self.project = nn.Conv2d(self.backbone.out_dim, d, 1)
-        self.triplet = TripletAttention()  # refines the map under guidance, each iteration
-        self.mix = nn.Conv2d(d, d, 3, padding=1)
-        self.heat = nn.Conv2d(d, 1, 1)
-        self.guide = nn.Sequential(nn.Linear(N_FEATURES, d), nn.Tanh())
-        self.radiomics_norm = nn.LayerNorm(N_FEATURES)
-        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * d, config.n_classes))
+        self.backbone = ConvBackbone(config.feature_dim, config.d_model, config.patch_size)
+        n = len(self.backbone.stages)
+        self.stage_triplets = nn.ModuleDict({str(i): TripletAttention() for i in range(max(n - 2, 0), n)})  # after the last two stages
+        self.project = nn.Conv2d(self.backbone.out_dim, config.d_model, 1)
+        self.guidance = RadiomicsGuidance(config)
 
     def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
         images = require_images(batch, "chexradinet")
         x = images
         for i, stage in enumerate(self.backbone.stages):
             x = stage(x)
-            if str(i) in self.triplets:
-                x = x + self.triplets[str(i)](x)
+            if str(i) in self.stage_triplets:
+                x = x + self.stage_triplets[str(i)](x)
         grid = self.project(x)  # (B, d, g, g)
         intensity = images.detach().float().mean(1)  # (B, S, S): the grey levels radiomics are computed on
         guidance = grid.new_zeros(grid.shape[0], grid.shape[1])
-        for _ in range(self.iterations):
-            refined = torch.relu(self.mix(self.triplet(grid + guidance[:, :, None, None]))) + grid
-            attention = torch.softmax(self.heat(refined).flatten(1).float(), dim=-1)  # (B, N)
+        for _ in range(self.guidance.iterations):
+            refined, heat = self.guidance.refine(grid, guidance)
+            attention = torch.softmax(heat.flatten(1).float(), dim=-1)  # (B, N)
             pooled = torch.einsum("bn,bnd->bd", attention.to(refined.dtype), cells_to_tokens(refined))
-            guidance = self.guide(self.radiomics_norm(self._region_radiomics(attention.detach(), intensity)))
-        return single_attention_output(self.head(torch.cat([pooled, guidance], dim=-1)), attention).expand(batch.n_rows)  # the record cannot change it
+            guidance = self.guidance.next_guidance(self._region_radiomics(attention.detach(), intensity))
+        return single_attention_output(self.guidance.classify(pooled, guidance), attention).expand(batch.n_rows)  # the record cannot change it
 
     def _region_radiomics(self, attention: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
         """Radiomics of the input pixels (B, S, S) inside the top ``region_fraction`` of cells by
