@@ -77,7 +77,6 @@ class Cohort:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     identifying: pd.DataFrame | None = field(default=None, repr=False)  # fields marked identifying: true, by patient_id
     modality: str = "slides"
-    _rows: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def sample_name(self) -> str:
@@ -103,11 +102,9 @@ class Cohort:
         return self.slides.join(labels, on="patient_id")
 
     def sample_rows(self) -> dict[str, dict]:
-        """Every row of `slide_table` as a dict, by slide_id (built once per cohort: tools that read
-        samples one at a time look them up here)."""
-        if self._rows is None:
-            self._rows = {row["slide_id"]: row for row in self.slide_table().to_dict("records")}
-        return self._rows
+        """Every row of `slide_table` as a dict, by slide_id (tools that read samples one at a time
+        build this once and look them up in it)."""
+        return {row["slide_id"]: row for row in self.slide_table().to_dict("records")}
 
 
 def load_manifest(path: str | Path, *, check_files: bool = True) -> Cohort:

@@ -79,11 +79,12 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path | None, alter
     numeric = numeric_targets(cohort.schema, records, config.quantiles) if alterations is None else {}
     attention_parts, prediction_rows = [], []
     loaded: dict[int, LoadedModel] = {}
+    rows = cohort.sample_rows()
     for row in tqdm(list(cohort.slides.itertuples()), desc="explain", disable=not progress):
         fold = int(folds.get(row.patient_id, 0))  # a patient outside the run is explained by fold 0's model
         if fold not in loaded:
             loaded[fold] = run.model_for_fold(fold, device=device)
-        bag = load_sample(cohort, row.slide_id, features_dir, ImageInput.of(loaded[fold].config))
+        bag = load_sample(cohort, row.slide_id, features_dir, ImageInput.of(loaded[fold].config), rows)
         original = records.loc[row.patient_id]
         edits = alterations if alterations is not None else default_alterations(cohort.schema, original, numeric)
         labels = [ORIGINAL] + [a.label for a in edits]

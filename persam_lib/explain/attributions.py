@@ -178,13 +178,14 @@ def attribute_run(run: Run, cohort: Cohort, features_dir: str | Path | None, sli
     table = cohort.slides if slides is None else cohort.slides[cohort.slides["slide_id"].isin(slides)]
     background = records.sample(min(background_size, len(records)), random_state=seed)
     loaded: dict[int, LoadedModel] = {}
+    rows = cohort.sample_rows()
     slide_rows, shap_rows, value_rows = [], [], []
     reads_record = MODEL_INFO[run.config.model].reads_record
     for row in tqdm(list(table.itertuples()), desc="attributions", disable=not progress):
         fold = int(folds.get(row.patient_id, 0))
         if fold not in loaded:
             loaded[fold] = run.model_for_fold(fold)
-        bag = load_sample(cohort, row.slide_id, features_dir, ImageInput.of(loaded[fold].config))
+        bag = load_sample(cohort, row.slide_id, features_dir, ImageInput.of(loaded[fold].config), rows)
         record = records.loc[row.patient_id]
         result = integrated_gradients(loaded[fold], bag, record, records, steps=steps)
         attention = records_output(loaded[fold], bag, pd.DataFrame([record])).patch_attention[0].cpu().numpy()

@@ -64,9 +64,10 @@ def load_samples(cohort: Cohort, features_dir: str | Path | None = None, images:
     return load_bags(cohort, features_dir)
 
 
-def load_sample(cohort: Cohort, slide_id: str, features_dir: str | Path | None, images: ImageInput) -> Bag:
-    """One sample (a slide's features or an image), as `load_samples` reads it."""
-    row = cohort.sample_rows().get(slide_id)
+def load_sample(cohort: Cohort, slide_id: str, features_dir: str | Path | None, images: ImageInput, rows: dict[str, dict] | None = None) -> Bag:
+    """One sample (a slide's features or an image), as `load_samples` reads it; ``rows``
+    (`Cohort.sample_rows`, built once by a caller that reads many samples) saves rebuilding them."""
+    row = (rows if rows is not None else cohort.sample_rows()).get(slide_id)
     if row is None:
         raise KeyError(f"{cohort.manifest_path}: no {cohort.sample_name} '{slide_id}' in the cohort")
     if cohort.modality == "images":
