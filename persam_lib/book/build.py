@@ -21,6 +21,7 @@ import yaml
 
 from persam_lib.book.parameters import declared_parameters, type_problem
 from persam_lib.book.results import write_sidecar
+from persam_lib.book.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,9 @@ def book_cohort_manifests(work_dir: str | Path, overrides: dict[str, Any] | None
     """The manifests the book was computed on: the slide cohort (the ``manifest`` parameter, or the
     demo cohort) and the image cohort (the ``image_manifest`` parameter, or the demo radiographs
     when the radiograph chapter generated them)."""
-    overrides, work = overrides or {}, Path(work_dir).resolve()
-    slides = Path(overrides["manifest"]).resolve() if overrides.get("manifest") else work / "cohort" / "manifest.yaml"
-    images = Path(overrides["image_manifest"]).resolve() if overrides.get("image_manifest") else work / "radiographs" / "manifest.yaml"
+    overrides, workspace = overrides or {}, Workspace.of(work_dir)
+    slides = workspace.manifest(overrides.get("manifest") or "")
+    images = Path(overrides["image_manifest"]).resolve() if overrides.get("image_manifest") else workspace.radiograph_manifest
     return [slides] + ([images] if images.is_file() or overrides.get("image_manifest") else [])
 
 

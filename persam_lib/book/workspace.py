@@ -46,6 +46,10 @@ class Workspace:
         return self.root / "radiographs"
 
     @property
+    def radiograph_manifest(self) -> Path:
+        return self.radiograph_dir / "manifest.yaml"
+
+    @property
     def features_dir(self) -> Path:
         """Feature files (read from the work dir)."""
         return self.root / "features"

@@ -83,7 +83,7 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
 
     slides = table[["slide_id", "patient_id"]].assign(path=[f"slides/{s}.tiff" for s in table.slide_id])
     # a made-up medical record number: an identifying field, which no model reads and the book never shows
-    table["mrn"] = [f"MRN-{n}" for n in np.random.default_rng([config.seed, 1]).choice(np.arange(1_000_000, 10_000_000), len(table), replace=False)]
+    table["mrn"] = made_up_mrns(len(table), [config.seed, 1])
     clinical = table[["patient_id", "mrn", "age", "sex", "site", "ldh", "subtype"]]
     regions = table[["slide_id", "patient_id", "nodular_phenotype", "diffuse_phenotype", "disagree"]]
     write_text_atomic(out / "slides.csv", slides.to_csv(index=False))
@@ -105,10 +105,19 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
         },
         "truth": "truth/truth.yaml",
     }
-    write_text_atomic(out / "demo_config.json", json.dumps(asdict(config), indent=2))
-    manifest_path = out / "manifest.yaml"
-    write_text_atomic(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
-    return manifest_path
+    return write_manifest(out, manifest, asdict(config))
+
+
+def made_up_mrns(n: int, seed: list[int]) -> list[str]:
+    """``n`` distinct made-up medical record numbers (``MRN-`` and 7 digits): an identifying field's values."""
+    return [f"MRN-{v}" for v in np.random.default_rng(seed).choice(np.arange(1_000_000, 10_000_000), n, replace=False)]
+
+
+def write_manifest(out: Path, manifest: dict, settings: dict) -> Path:
+    """A generated cohort's settings (``demo_config.json``), then its manifest — written last and
+    atomically, so a manifest on disk means a complete cohort. Returns the manifest's path."""
+    write_text_atomic(out / "demo_config.json", json.dumps(settings, indent=2))
+    return write_text_atomic(out / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))
 
 
 def write_truth(truth_dir: Path, mask_downsample: float, labels: dict[str, int], deciding_field: str, diagnostic_region: dict[str, str], noise_fields: tuple[str, ...]) -> Path:

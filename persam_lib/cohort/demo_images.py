@@ -17,18 +17,16 @@ image is a 16-bit PNG instead, whose window is given in the image table (``windo
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
 from persam_lib.atomic import atomic_path, write_text_atomic
-from persam_lib.cohort.demo import write_truth
+from persam_lib.cohort.demo import made_up_mrns, write_manifest, write_truth
 from persam_lib.cohort.demo_radiograph import REGION_LABELS, RadiographDesign, render_radiograph
 from persam_lib.images.reader import Window
 from persam_lib.images.writer import write_dicom
@@ -81,7 +79,7 @@ def make_radiograph_cohort(out: str | Path, config: RadiographCohortConfig = Rad
     images = table[["image_id", "patient_id", "path"]].assign(
         window_center=[WINDOW.center if png else "" for png in is_png], window_width=[WINDOW.width if png else "" for png in is_png]
     )
-    table["mrn"] = [f"MRN-{n}" for n in np.random.default_rng([config.seed, 2]).choice(np.arange(1_000_000, 10_000_000), len(table), replace=False)]
+    table["mrn"] = made_up_mrns(len(table), [config.seed, 2])  # another stream than the slide cohort's: no MRN in both
     clinical = table[["patient_id", "mrn", "age", "sex", "presentation", "crp", "finding"]]
     regions = table[["image_id", "patient_id", "nodule_phenotype", "opacity_phenotype", "disagree"]].rename(columns={"image_id": "slide_id"})
     write_text_atomic(out / "images.csv", images.to_csv(index=False))
@@ -103,10 +101,7 @@ def make_radiograph_cohort(out: str | Path, config: RadiographCohortConfig = Rad
         },
         "truth": "truth/truth.yaml",
     }
-    write_text_atomic(out / "demo_config.json", json.dumps({"kind": "radiograph", **asdict(config)}, indent=2))
-    manifest_path = out / "manifest.yaml"
-    write_text_atomic(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
-    return manifest_path
+    return write_manifest(out, manifest, {"kind": "radiograph", **asdict(config)})
 
 
 def _design_patients(config: RadiographCohortConfig, rng: np.random.Generator) -> pd.DataFrame:

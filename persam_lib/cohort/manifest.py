@@ -79,6 +79,11 @@ class Cohort:
     modality: str = "slides"
 
     @property
+    def input_kind(self) -> str:
+        """What a model reads from this cohort (`ModelConfig.input_kind`): "features" for slides, "image" for images."""
+        return "image" if self.modality == "images" else "features"
+
+    @property
     def sample_name(self) -> str:
         """What one sample is called in messages and tables shown to people: "slide" or "image"."""
         return "image" if self.modality == "images" else "slide"

@@ -135,12 +135,12 @@ def sample_background(cohort: Cohort, slide_id: str, features_dir: str | Path | 
     """What a heatmap is drawn over: an RGB thumbnail (H, W, 3) uint8, its downsample from the
     sample's pixels, and the tissue mask where there is one (slides; None for 2-D images, whose
     whole patch grid is attended)."""
-    row = cohort.slides.set_index("slide_id").loc[slide_id]
+    row = cohort.sample_rows()[slide_id]
     if cohort.modality == "images":
         from persam_lib.images import read_image
         from persam_lib.train.data import image_window
 
-        pixels = read_image(row["path"], image_window(cohort, {"slide_id": slide_id, **row.to_dict()}))
+        pixels = read_image(row["path"], image_window(cohort, row))
         step = max(1, int(np.ceil(max(pixels.shape[:2]) / 1024)))  # a large radiograph is drawn at <= 1024 pixels a side
         rgb = pixels[::step, ::step]
         rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb

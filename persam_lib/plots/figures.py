@@ -12,13 +12,13 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-REGION_COLOURS = {"nodular": "#1f77b4", "diffuse": "#ff7f0e", "nodule": "#1f77b4", "opacity": "#ff7f0e"}  # the demo cohorts' region kinds
-_PALETTE = ("#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+REGION_PALETTE = ("#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
 
-def region_colour(name: str, index: int) -> str:
-    """A region kind's outline colour: its own for the demo cohorts' kinds, else the ``index``-th of a palette."""
-    return REGION_COLOURS.get(name, _PALETTE[index % len(_PALETTE)])
+def region_colour(index: int) -> str:
+    """The outline colour of the ``index``-th region kind (in mask-label order, as
+    `GroundTruth.region_masks` gives them, so a kind has one colour in every figure)."""
+    return REGION_PALETTE[index % len(REGION_PALETTE)]
 ATTENTION_CMAP = "magma"
 DIFFERENCE_CMAP = "RdBu_r"
 
@@ -57,7 +57,7 @@ def slide_overview(thumbnail: np.ndarray, tissue: np.ndarray | None = None, regi
     if tissue is not None:
         _outline(ax, tissue, (h, w), "#2ca02c", "tissue")
     for i, (name, mask) in enumerate((regions or {}).items()):
-        _outline(ax, mask, (h, w), region_colour(name, i), name)
+        _outline(ax, mask, (h, w), region_colour(i), name)
     ax.set_title(title)
     ax.axis("off")
     return ax
@@ -128,7 +128,7 @@ def alteration_grid(
         if tissue is not None:
             _outline(ax, tissue, thumbnail.shape[:2], "#2ca02c", None)
         for i, (name, mask) in enumerate((regions or {}).items()):
-            _outline(ax, mask, thumbnail.shape[:2], region_colour(name, i), None)
+            _outline(ax, mask, thumbnail.shape[:2], region_colour(i), None)
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     for ax in flat[panels:]:

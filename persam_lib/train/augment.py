@@ -9,7 +9,6 @@ order of samples. Evaluation and explanation never augment.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
@@ -21,16 +20,15 @@ def augment_images(images: torch.Tensor, generator: torch.Generator, fill: torch
     """(B, C, S, S) → the same images, each flipped left–right with probability 1/2 and shifted by
     up to ``max_shift`` of its side in x and y, the uncovered border set to ``fill`` (C,) — the
     standardised value of a black pixel, so a shift looks like the letterbox's own border (default 0)."""
-    b, _, s, _ = images.shape
+    b, c, s, _ = images.shape
     flip = torch.rand(b, generator=generator) < 0.5
     out = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
     m = int(round(max_shift * s))
     if m == 0:
         return out
     shifts = torch.randint(0, 2 * m + 1, (b, 2), generator=generator).tolist()
-    padded = F.pad(out, (m, m, m, m))
+    padded = out.new_zeros(b, c, s + 2 * m, s + 2 * m)
     if fill is not None:
-        border = torch.ones(s + 2 * m, s + 2 * m, dtype=torch.bool, device=out.device)
-        border[m : m + s, m : m + s] = False
-        padded = torch.where(border, fill.to(padded)[None, :, None, None], padded)
+        padded[:] = fill.to(out)[None, :, None, None]  # the border shifts uncover
+    padded[:, :, m : m + s, m : m + s] = out
     return torch.stack([padded[i, :, dy : dy + s, dx : dx + s] for i, (dx, dy) in enumerate(shifts)])

@@ -82,7 +82,7 @@ def load_images(cohort: Cohort, images: ImageInput = ImageInput()) -> list[Bag]:
     cohort with an image missing. With ``images.channels`` 0, grey images are made RGB when any
     image of the cohort is RGB."""
     bags, problems = [], []
-    for row in cohort.slide_table().to_dict("records"):
+    for row in cohort.sample_rows().values():
         try:
             bags.append(_image_bag(cohort, row, images))
         except ImageReadError as err:

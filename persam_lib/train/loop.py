@@ -216,12 +216,12 @@ def fit(
     else:
         state = _LoopState(best_state=copy.deepcopy(model.state_dict()))
     trained = distributed.wrap(model, device)
+    fill = torch.from_numpy(-normaliser.mean / normaliser.std)  # images: a black pixel, standardised (the border shifts uncover)
     while state.epoch < config.epochs and state.stale < config.patience:
         model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
         loss_sum, steps = 0.0, 0  # this rank's share of each step's loss; combined over ranks once per epoch
         augmenting = epoch_generator(config.seed, state.epoch, distributed.rank)  # never the shared order's generator
-        fill = torch.from_numpy(-normaliser.mean / normaliser.std)  # a black pixel, standardised
         for start in range(0, len(order), config.batch_size):
             chunk = [train[i] for i in order[start : start + config.batch_size]]
             # each rank's loss is its share's weighted sum over the whole chunk's weight, times the

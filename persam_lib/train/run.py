@@ -120,7 +120,7 @@ def train_cross_validated(
             feature_dim=bags[0].image.shape[0] if bags[0].image is not None else bags[0].features.shape[1], n_classes=len(cohort.schema.label.classes), field_cardinalities=encoder.cardinalities,
             d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers, dropout=config.dropout, use_position=config.use_position,
             patch_attention=config.patch_attention, checkpoint_activations=config.checkpoint_activations, radiomics_iterations=config.radiomics_iterations,
-            input_kind="image" if cohort.modality == "images" else "features", image_size=config.image_size, patch_size=config.patch_size, ehr_stages=config.ehr_stages,
+            input_kind=cohort.input_kind, image_size=config.image_size, patch_size=config.patch_size, ehr_stages=config.ehr_stages,
         )
         model = create_model(config.model, model_config)
         resume = fold_dir / "resume.pt"
@@ -215,7 +215,7 @@ def compare_models(
 
     from persam_lib.models import available_models
 
-    kind = "image" if cohort.modality == "images" else "features"
+    kind = cohort.input_kind
     unknown = [m for m in models if m not in available_models()]
     if unknown:
         raise ValueError(f"Unknown model(s) {unknown}. Models for {cohort.modality}: {', '.join(available_models(kind))}.")
