@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persam_lib.atomic import write_text_atomic
+from persam_lib.io.atomic import write_text_atomic
 
 RESULTS_MIME = "application/vnd.persam.results+json"
 PROVENANCE_MIME = "application/vnd.persam.provenance+json"

@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import pandas as pd
 import yaml
 
-from persam_lib.atomic import write_text_atomic
+from persam_lib.io.atomic import write_text_atomic
 from persam_lib.book.parameters import RUNNER_PARAMETERS, declared_parameters, type_problem
 from persam_lib.book.results import read_notebook_record, read_sidecar, write_sidecar
 

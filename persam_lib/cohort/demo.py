@@ -27,7 +27,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from persam_lib.atomic import atomic_path, write_text_atomic
+from persam_lib.io.atomic import atomic_path, write_text_atomic
 from persam_lib.cohort.demo_tissue import LABEL_DOWNSAMPLE, REGION_LABELS, SlideDesign, render_slide
 from persam_lib.slides.tiff_writer import write_pyramidal_tiff
 

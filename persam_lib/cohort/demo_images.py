@@ -25,7 +25,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from persam_lib.atomic import atomic_path, write_text_atomic
+from persam_lib.io.atomic import atomic_path, write_text_atomic
 from persam_lib.cohort.demo import made_up_mrns, write_manifest, write_truth
 from persam_lib.cohort.demo_radiograph import REGION_LABELS, RadiographDesign, render_radiograph
 from persam_lib.images.reader import Window

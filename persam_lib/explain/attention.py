@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from persam_lib.atomic import atomic_path
+from persam_lib.io.atomic import atomic_path
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.explain.records import DEFAULT_QUANTILES, ORIGINAL, Alteration, default_alterations, numeric_targets
 from persam_lib.models.base import ModelOutput

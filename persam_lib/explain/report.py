@@ -16,7 +16,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from persam_lib.atomic import atomic_path, write_text_atomic
+from persam_lib.io.atomic import atomic_path, write_text_atomic
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.explain.attention import Explanation
 from persam_lib.explain.records import ORIGINAL, field_of

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.features.encoders import Encoder, create_encoder
-from persam_lib.atomic import write_text_atomic
+from persam_lib.io.atomic import write_text_atomic
 from persam_lib.features.extract import ExtractConfig, ExtractSummary, _save_mask, extract_slide
 from persam_lib.features.store import feature_path, is_complete, write_features
 from persam_lib.slides.reader import open_slide

@@ -19,7 +19,7 @@ from PIL import Image, PngImagePlugin
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from persam_lib.atomic import atomic_path, write_text_atomic
+from persam_lib.io.atomic import atomic_path, write_text_atomic
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.features.encoders import Encoder, create_encoder
 from persam_lib.features.store import SlideFeatures, feature_path, is_complete, write_features

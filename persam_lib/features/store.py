@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from persam_lib.atomic import atomic_path
+from persam_lib.io.atomic import atomic_path
 
 
 @dataclass

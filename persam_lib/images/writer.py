@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from persam_lib.atomic import atomic_path
+from persam_lib.io.atomic import atomic_path
 from persam_lib.images.reader import Window
 
 

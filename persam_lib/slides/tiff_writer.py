@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from persam_lib.atomic import atomic_path
+from persam_lib.io.atomic import atomic_path
 
 
 def write_pyramidal_tiff(

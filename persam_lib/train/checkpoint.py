@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from persam_lib.atomic import atomic_path
+from persam_lib.io.atomic import atomic_path
 from persam_lib.models import create_model
 from persam_lib.models.base import ModelConfig
 from persam_lib.models.clinical import RecordEncoder

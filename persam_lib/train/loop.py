@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from persam_lib.atomic import atomic_path
+from persam_lib.io.atomic import atomic_path
 from persam_lib.models.base import Batch
 from persam_lib.models.clinical import RecordEncoder
 from persam_lib.train.augment import augment_images, epoch_generator

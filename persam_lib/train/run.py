@@ -17,7 +17,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from persam_lib.atomic import write_text_atomic
+from persam_lib.io.atomic import write_text_atomic
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.models import create_model
 from persam_lib.models.base import ModelConfig
