@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from persam_lib.cohort.manifest import ManifestError
+from persam_lib.io.locks import FolderBusyError
 from persam_lib.slides.reader import SlideError
 from persam_lib.train.loop import TrainConfig
 
@@ -332,9 +333,27 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ManifestError, FileNotFoundError, ValueError, SlideError) as err:
+    except (ManifestError, FileNotFoundError, ValueError, SlideError, FolderBusyError) as err:
         print(f"persam {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, read-only folder, permissions: one line naming the path, no traceback
+        print(f"persam {args.command}: error: {_os_error_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _os_error_line(err: OSError) -> str:
+    """One line for an operating-system error: the path, the cause and what to do."""
+    import errno
+
+    where = f"{err.filename}: " if err.filename else ""
+    cause = err.strerror or str(err)
+    advice = {
+        errno.ENOSPC: "free disk space (or choose another output folder) and run the same command again: finished work is kept",
+        errno.EROFS: "the folder is on a read-only file system; choose another output folder",
+        errno.EACCES: "check the folder's permissions, or choose another output folder",
+        errno.EPERM: "check the folder's permissions, or choose another output folder",
+    }.get(err.errno, "fix the cause and run the same command again: finished work is kept")
+    return f"{where}{cause}; {advice}."
 
 
 if __name__ == "__main__":
