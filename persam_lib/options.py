@@ -11,7 +11,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+
+from persam_lib.io.yaml_files import load_yaml
 
 C = TypeVar("C")
 
@@ -78,12 +79,20 @@ def parse_assignments(assignments: list[str]) -> dict[str, str]:
     return out
 
 
+def parse_yaml_value(name: str, text: str) -> Any:
+    """The value of ``--set NAME=TEXT`` read as a plain YAML scalar or list (``3``, ``0.1``, ``[a, b]``)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"--set {name}={text}: the value is not plain YAML ({problem}). Give a number, a word, true/false or a list like [a, b].") from None
+
+
 def load_overrides(path: str | Path) -> dict[str, Any]:
     """The mapping of option names to values in a YAML file (loaded safely)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such configuration file")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path, "configuration file") or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a configuration file must be a mapping of option names to values, like 'lr: 0.001'")
     return data

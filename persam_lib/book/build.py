@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from persam_lib.io.yaml_files import load_yaml
 
 from persam_lib.book.parameters import declared_parameters, type_problem
 from persam_lib.book.results import write_sidecar
@@ -62,7 +62,7 @@ def read_notebook_specs(project_root: str | Path) -> list[NotebookSpec]:
     """Parse ``book/notebooks.yaml``; names the file and entry on any mistake."""
     root = Path(project_root)
     path = root / "book" / "notebooks.yaml"
-    raw = yaml.safe_load(path.read_text())
+    raw = load_yaml(path, "book notebook list") or {}
     specs = []
     for i, entry in enumerate(raw.get("notebooks", [])):
         for key in ("name", "source"):
