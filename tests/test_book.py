@@ -56,9 +56,17 @@ def test_executed_notebooks_carry_results_and_figures(built_book):
         assert shown in attention, shown
 
 
-def test_overrides_reach_only_notebooks_that_declare_them():
-    assert "patients" in declared_parameters(ROOT / "notebooks" / "cohort.ipynb")
-    assert "patients" not in declared_parameters(ROOT / "notebooks" / "training.ipynb")
+def test_overrides_reach_only_notebooks_that_declare_them(built_book):
+    project, report = built_book
+    for name in report.executed:  # the build gave every override to every chapter it could reach
+        nb = nbformat.read(project / "book" / "executed" / f"{name}.ipynb", as_version=4)
+        injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+        given = {line.split("=", 1)[0].strip() for line in injected.source.splitlines() if "=" in line and not line.startswith("#")}
+        declared = set(declared_parameters(project / "notebooks" / f"{name}.ipynb"))
+        assert given <= declared, f"{name} received parameters it does not declare: {sorted(given - declared)}"
+        assert ("patients" in given) == ("patients" in declared), name
+    cohort = nbformat.read(project / "book" / "executed" / "cohort.ipynb", as_version=4)
+    assert "patients = 8" in next(c for c in cohort.cells if "injected-parameters" in c.metadata.get("tags", [])).source
 
 
 def test_every_chapter_records_its_results_and_provenance(built_book):

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -39,7 +40,9 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
 
 
 def test_persam_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "persam_lib.cli", "--help"], capture_output=True, text=True)
+    script = Path(sys.executable).parent / "persam"  # the console script pip installed beside this interpreter
+    assert script.is_file(), f"no persam console script in {script.parent}: run `pip install -e .`"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for command in ("demo-cohort", "validate", "extract", "import-features", "train", "compare", "explain", "book"):
         assert command in result.stdout

@@ -31,8 +31,14 @@ def test_two_ranks_train_the_model_one_process_trains(tiny_cohort, tiny_features
     assert not list((tmp_path / "ddp").glob("fold_*/resume.pt"))
 
 
-def test_launch_environment_is_read_and_shared_out():
-    assert from_environment() == Distributed() or os.environ.get("WORLD_SIZE")
+def test_launch_environment_is_read_and_shared_out(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert from_environment() == Distributed()  # no launch: a plain single process
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert from_environment() == Distributed(rank=3, world_size=4, local_rank=1)
     rank1 = Distributed(rank=1, world_size=3)
     assert rank1.share(list(range(8))) == [1, 4, 7] and not rank1.is_main and rank1.enabled
     assert Distributed().share([1, 2]) == [1, 2] and Distributed().sum([1.5, 2.0], device=None) == [1.5, 2.0]

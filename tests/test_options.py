@@ -6,9 +6,11 @@ from persam_lib.train.loop import TrainConfig
 
 
 def test_fields_are_set_by_name_with_their_types():
-    config = with_overrides(TrainConfig(), {"lr": "1e-4", "epochs": "7", "use_position": "yes", "patch_attention": "full", "dropout": 0.25})
+    original = TrainConfig(lr=0.5, epochs=3)
+    config = with_overrides(original, {"lr": "1e-4", "epochs": "7", "use_position": "yes", "patch_attention": "full", "dropout": 0.25})
     assert (config.lr, config.epochs, config.use_position, config.patch_attention, config.dropout) == (1e-4, 7, True, "full", 0.25)
-    assert TrainConfig().lr == 3e-3  # the original is untouched
+    assert (original.lr, original.epochs, original.dropout) == (0.5, 3, TrainConfig().dropout)  # the original is untouched
+    assert with_overrides(original, {}) == original
 
 
 def test_unknown_names_and_bad_values_say_what_is_expected():
