@@ -152,12 +152,10 @@ def _explain(args: argparse.Namespace) -> int:
 def _book(args: argparse.Namespace) -> int:
     from persam_lib.book.build import make_book
 
-    import yaml
-
-    from persam_lib.options import parse_assignments
+    from persam_lib.options import parse_assignments, parse_yaml_value
 
     root = Path(args.project).resolve()
-    overrides = {name: yaml.safe_load(value) for name, value in parse_assignments(args.set).items()}
+    overrides = {name: parse_yaml_value(name, value) for name, value in parse_assignments(args.set).items()}
     if args.patients:
         overrides["patients"] = args.patients
     report = make_book(root, args.work, overrides or None, strict=args.strict, browser_check=not args.no_browser_check)
@@ -214,23 +212,46 @@ def _features_of(run) -> str:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--folds", type=int, default=TrainConfig.n_folds)
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--folds", type=int, default=TrainConfig.n_folds, help="cross-validation folds (patient-level, label-stratified)")
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum epochs per fold (early stopping on the validation split)")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of folds, initialisation and sampling")
+    p.add_argument("--device", default=TrainConfig.device, help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--config", type=Path, help="YAML file of training options (any TrainConfig field, e.g. 'lr: 0.001')")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="set a training option, e.g. --set label_smoothing=0.2 --set dropout=0.25 (repeatable; after --config)")
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none worth showing (None, a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default is not argparse.SUPPRESS and action.default != []
+        if shown and "%(default)" not in text and (action.option_strings or action.nargs in ("?", "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("persam-lib")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from persam_lib.models import available_models
+
     parser = argparse.ArgumentParser(prog="persam", description="Attention models that read a whole-slide image or a 2-D medical image together with the clinical record.")
+    parser.add_argument("--version", action="version", version=f"persam {_version()}", help="print the version of persam-lib and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo-cohort", help="generate a demo cohort (slides or radiographs, clinical table, ground truth)")
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, help="folder to write the cohort into (slides or images, tables, manifest.yaml, truth/)")
     p.add_argument("--kind", choices=["slide", "radiograph"], default="slide", help="whole-slide images (default) or 2-D chest radiographs")
     p.add_argument("--patients", type=int, default=None, help="default: 128 slides, 160 radiographs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated cohort")
     p.set_defaults(func=_demo_cohort)
 
     p = sub.add_parser("validate", help="check a manifest and its tables; every error names file, line and field")
@@ -261,15 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_import_features)
 
     p = sub.add_parser("train", help="patient-level cross-validated training into a run directory (resumable; torchrun for several GPUs)")
-    p.add_argument("manifest", type=Path)
+    p.add_argument("manifest", type=Path, help="the cohort's manifest.yaml")
     p.add_argument("--features", type=Path, help="features directory (slide cohorts; image cohorts are read from their files)")
-    p.add_argument("--model", default="persam")
+    p.add_argument("--model", default="persam", help=f"a registered model: {', '.join(available_models('features'))} (slides); {', '.join(available_models('image'))} (images)")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     _add_training_options(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("compare", help="train several models on identical folds and write one comparison table")
-    p.add_argument("manifest", type=Path)
+    p.add_argument("manifest", type=Path, help="the cohort's manifest.yaml")
     p.add_argument("--features", type=Path, help="features directory (slide cohorts; image cohorts are read from their files)")
     p.add_argument("--models", required=True, help="comma-separated, e.g. persam,mma_mgmu,chexradinet,abmil,transmil,concat,clinical_only (slides) or persam,mma_mgmu,chexradinet,cnn,cnn_concat,clinical_only (images)")
     p.add_argument("--out", type=Path, required=True, help="one run directory per model goes here, plus comparison.csv")
@@ -278,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("explain", help="patch attention under the original and altered records, shift and ground-truth metrics, figures")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("run_dir", type=Path, help="a run directory written by `persam train`")
+    p.add_argument("--manifest", type=Path, required=True, help="the cohort whose slides (or images) and records are explained")
     p.add_argument("--features", type=Path, help="features directory (default: the one the run was trained on)")
     p.add_argument("--alter", action="append", default=[], metavar="FIELD=VALUE", help="an alteration (repeatable; join edits with ';'); default: every categorical field to each other value, every numeric field to the --quantiles")
     p.add_argument("--alterations", type=Path, help="YAML file listing alterations (several edits each), added to --alter")
@@ -321,9 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_reproduce)
 
     p = sub.add_parser("check-book", help="open the built book in headless Chromium: pages, figures, links; save a screenshot")
-    p.add_argument("html", type=Path, nargs="?", default=Path("_build/html"))
-    p.add_argument("--screenshot", type=Path, default=Path("_build/screenshots/index.png"))
+    p.add_argument("html", type=Path, nargs="?", default=Path("_build/html"), help="the built book's HTML folder")
+    p.add_argument("--screenshot", type=Path, default=Path("_build/screenshots/index.png"), help="where the screenshot of the first page goes")
     p.set_defaults(func=_check_book)
+    for command in sub.choices.values():
+        command.formatter_class = _HelpWithDefaults
     return parser
 
 
