@@ -5,9 +5,19 @@ PNG, TIFF or DICOM) — a clinical table, the label and the clinical fields.
 Every problem found is reported with the file, the line of the CSV, the field, what is wrong
 and what to do, and *all* problems are collected before raising, so a user fixes a table
 in one pass rather than one error at a time.
+
+Ids that become file names — slide_id, image_id, patient_id and the cohort name — must be safe
+file names (`persam_lib.io.paths.SAFE_ID`), so no output can land outside its folder. Paths to
+input files may be absolute or relative (to the table's folder); one that is missing, a
+directory, a device or unreadable is reported as exactly that.
+
+Tables are read as UTF-8; a UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted silently.
+A file saved as UTF-16 ("Unicode Text"), as Latin-1/Windows-1252 (Excel's plain "CSV") or with
+';' or tab separators is reported with that likely cause and how to re-save it.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +27,8 @@ import pandas as pd
 import yaml
 
 from persam_lib.cohort.schema import FieldSchema, FieldSpec, LabelSpec
+from persam_lib.io.paths import id_problem, input_file_problem
+from persam_lib.io.yaml_files import YamlFileError, compose_yaml, node_value
 
 REQUIRED_KEYS = ("cohort", "clinical", "label", "fields")
 SAMPLE_KEYS = ("slides", "images")  # exactly one: the modality of the cohort
@@ -126,18 +138,38 @@ def validate_manifest(path: str | Path) -> list[Problem]:
     return _read(Path(path), check_files=True)[1]
 
 
+def unreadable_report(cohort: Cohort, reasons: dict[str, str]) -> str:
+    """One message listing every sample (slide or image) of ``cohort`` that could not be read:
+    ``reasons`` maps sample id to why (starting with its file) and what to do. The one format
+    `persam validate` uses for slides and images, so a user fixes every file in one pass."""
+    patients = dict(zip(cohort.slides["slide_id"], cohort.slides["patient_id"]))
+    name = cohort.sample_name
+    lines = [f"  - {name} '{sample}' (patient '{patients.get(sample, '?')}'): {reason}" for sample, reason in reasons.items()]
+    return f"{cohort.manifest_path}: {len(reasons)} {name}(s) could not be read:\n" + "\n".join(lines) + f"\nFix those files, or remove their rows from the {name} table."
+
+
+def _load_raw(path: Path) -> tuple[Any, dict[str, int], list[Problem]]:
+    """The manifest's plain-data content, the line of each top-level key, and the problem (file
+    and line) when it is missing, not UTF-8, malformed or uses a tag that is not plain YAML."""
+    try:
+        node = compose_yaml(path, "manifest")
+        raw = None if node is None else node_value(node, path, "manifest")
+    except YamlFileError as err:
+        return None, {}, [Problem(err.path, err.problem, err.hint, line=err.line)]
+    lines = {}
+    if isinstance(node, yaml.MappingNode):
+        lines = {str(key.value): key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
+    return raw, lines, []
+
+
 def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem]]:
     path = path.resolve()
-    if not path.is_file():
-        return None, [Problem(path, "the manifest file does not exist", "Check the path you gave.")]
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        return None, [Problem(path, f"is not valid YAML ({err})", "Fix the YAML syntax.")]
+    raw, lines, problems = _load_raw(path)
+    if problems:
+        return None, problems
     if not isinstance(raw, dict):
         return None, [Problem(path, "must be a YAML mapping", f"Give the keys {list(REQUIRED_KEYS)}.")]
 
-    problems: list[Problem] = []
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     unknown = [k for k in raw if k not in REQUIRED_KEYS + SAMPLE_KEYS + OPTIONAL_KEYS]
     for key in missing:
@@ -151,17 +183,20 @@ def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem
     if missing or len(samples_keys) != 1:
         return None, problems
     modality = samples_keys[0]
+    name_problem = id_problem("" if raw["cohort"] is None else str(raw["cohort"]), "cohort name")
+    if name_problem:
+        problems.append(Problem(path, name_problem, "Rename it in `cohort:` (the name becomes part of output file and folder names).", line=lines.get("cohort"), field="cohort"))
 
     schema, schema_problems = _parse_schema(path, raw)
     problems += schema_problems
     problems += _check_window(path, raw.get("window"))
     if modality == "slides" and raw.get("window") is not None:
         problems.append(Problem(path, "'window' applies to 2-D images only", "Remove it, or use `images:` for a cohort of 2-D images.", field="window"))
-    slides, slide_problems = _read_samples(path.parent / str(raw[modality]), modality[:-1], check_files)
+    slides, slide_problems = _read_samples(path.parent / str(raw[modality]), modality[:-1], check_files, (path, modality, lines.get(modality)))
     problems += slide_problems
     clinical = None
     if schema is not None:
-        clinical, clinical_problems = _read_clinical(path.parent / str(raw["clinical"]), schema)
+        clinical, clinical_problems = _read_clinical(path.parent / str(raw["clinical"]), schema, (path, "clinical", lines.get("clinical")))
         problems += clinical_problems
     if slides is not None and clinical is not None:
         slides_csv = path.parent / str(raw[modality])
@@ -173,8 +208,9 @@ def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem
     truth_path = None
     if raw.get("truth"):
         truth_path = path.parent / str(raw["truth"])
-        if not truth_path.is_file():
-            problems.append(Problem(path, f"the truth file {truth_path} does not exist", "Fix the 'truth' path or remove the key.", field="truth"))
+        truth_problem = input_file_problem(truth_path, "the truth file")
+        if truth_problem:
+            problems.append(Problem(path, truth_problem, _input_hint(truth_problem, "Fix the 'truth' path so it names the truth YAML file itself (relative to the manifest's folder), or remove the key."), line=lines.get("truth"), field="truth"))
     if problems or schema is None or slides is None or clinical is None:
         return None, problems
     hidden = [f.name for f in schema.fields if f.identifying]
@@ -257,22 +293,85 @@ def _parse_schema(path: Path, raw: dict[str, Any]) -> tuple[FieldSchema | None, 
     return FieldSchema(fields=tuple(specs), label=label), []
 
 
-def _read_csv(csv_path: Path, what: str) -> tuple[pd.DataFrame | None, list[Problem]]:
-    if not csv_path.is_file():
-        return None, [Problem(csv_path, f"the {what} table does not exist", "Fix the path in the manifest (paths are relative to the manifest's folder).")]
+Source = tuple[Path, str, int | None]  # where a table is named: the manifest, its key and that key's line
+
+_RESAVE = "Re-save it as 'CSV UTF-8 (Comma delimited)' (Excel: File > Save As)"
+
+
+def _input_hint(problem: str, fix: str) -> str:
+    """What to do about an input path `input_file_problem` refused: ``fix`` it, unless the file
+    is there but unreadable, when its permissions are what to fix."""
+    if "permission denied" in problem:
+        return "Check the permissions of the file and the folders above it (e.g. `chmod a+r FILE`)."
+    return fix
+
+
+def _read_csv(csv_path: Path, what: str, source: Source) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """A table as strings (no NA guessing). A path that is not a readable file is reported at
+    the manifest key that names it; a file in the wrong encoding or with the wrong separator is
+    reported with that likely cause."""
+    manifest, key, key_line = source
+    missing = input_file_problem(csv_path, f"the {what} table")
+    if missing:
+        hint = _input_hint(missing, f"Fix the `{key}:` path so it names the CSV file itself (absolute, or relative to the manifest's folder).")
+        return None, [Problem(manifest, missing, hint, line=key_line, field=key)]
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        data = csv_path.read_bytes()
+    except OSError as err:
+        return None, [Problem(csv_path, f"could not be read ({err.strerror})", "Check the file and its permissions.")]
+    text, problems = _decode_csv(csv_path, data)
+    if text is None:
+        return None, problems
+    separator = _separator_problem(csv_path, text)
+    if separator:
+        return None, [separator]
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except Exception as err:  # pandas raises several error types for malformed CSV
         return None, [Problem(csv_path, f"could not be read as CSV ({err})", "Save the table as comma-separated text with a header row.")]
     return table, []
 
 
-def _read_samples(csv_path: Path, kind: str, check_files: bool) -> tuple[pd.DataFrame | None, list[Problem]]:
+def _decode_csv(csv_path: Path, data: bytes) -> tuple[str | None, list[Problem]]:
+    """A CSV file's text: UTF-8, with or without a byte-order mark; else why not (UTF-16, or
+    most likely Latin-1/Windows-1252 as Excel's plain "CSV" saves) and how to re-save it."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:1024]:
+        return None, [Problem(csv_path, "is saved as UTF-16 (Excel's 'Unicode Text'), not as UTF-8 CSV", f"{_RESAVE}.")]
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        start = data.rfind(b"\n", 0, err.start) + 1
+        end = data.find(b"\n", err.start)
+        text = data[start : end if end >= 0 else len(data)].decode("cp1252", errors="replace").strip()
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        problems = [Problem(
+            csv_path, f"is not UTF-8 text (byte 0x{data[err.start]:02x} in {shown!r}); it is most likely Latin-1/Windows-1252, as Excel saves plain 'CSV'",
+            f"{_RESAVE}, or convert it: `iconv -f WINDOWS-1252 -t UTF-8 IN.csv > OUT.csv`.", line=line,
+        )]
+        separator = _separator_problem(csv_path, data.decode("cp1252", errors="replace"))
+        return None, problems + ([separator] if separator else [])
+
+
+def _separator_problem(csv_path: Path, text: str) -> Problem | None:
+    """A header without commas but with ';' or tabs: the table was saved with another separator
+    (every table has at least two columns, so a header without a comma is never right)."""
+    header = text.split("\n", 1)[0].rstrip("\r")
+    if "," in header:
+        return None
+    for separator, name in ((";", ";"), ("\t", "tab")):
+        if separator in header:
+            shown = header if len(header) <= 60 else header[:57] + "..."
+            return Problem(csv_path, f"looks {name}-separated (the header {shown!r} has no comma)", f"Save it as comma-separated: {_RESAVE[0].lower()}{_RESAVE[1:]}, or replace the separators with ','.", line=1)
+    return None
+
+
+def _read_samples(csv_path: Path, kind: str, check_files: bool, source: Source) -> tuple[pd.DataFrame | None, list[Problem]]:
     """The slide or image table (``kind`` "slide" or "image"): required columns, one row per
-    sample with a unique id, existing files, the kind's optional columns checked; returned keyed
-    by ``slide_id`` (an image table's ``image_id``) with absolute paths."""
+    sample with a unique, file-name-safe id, readable files, the kind's optional columns checked;
+    returned keyed by ``slide_id`` (an image table's ``image_id``) with absolute paths."""
     id_column, columns, optional = ("slide_id", SLIDE_COLUMNS, "mpp") if kind == "slide" else ("image_id", IMAGE_COLUMNS, "window_center, window_width")
-    table, problems = _read_csv(csv_path, f"{kind}s")
+    table, problems = _read_csv(csv_path, f"{kind}s", source)
     if table is None:
         return None, problems
     missing_cols = [c for c in columns if c not in table.columns]
@@ -289,10 +388,14 @@ def _read_samples(csv_path: Path, kind: str, check_files: bool) -> tuple[pd.Data
         for col in columns:
             if row[col].strip() == "":
                 problems.append(Problem(csv_path, f"'{col}' is empty", f"Fill in the {col}.", line=line, field=col))
+        problems += _id_problems(csv_path, row, id_column, line, f"Rename the {kind} in this table ({kind} ids become file names of its outputs).")
+        problems += _id_problems(csv_path, row, "patient_id", line, "Rename the patient here and in the clinical table (patient ids become file names).")
         sample_path = (csv_path.parent / row["path"]).resolve() if row["path"] else csv_path.parent
         paths.append(str(sample_path))
-        if check_files and row["path"] and not sample_path.is_file():
-            problems.append(Problem(csv_path, f"{kind} file {sample_path} does not exist ({kind} '{row[id_column]}')", f"Fix the path (relative to the {kind} table's folder) or remove the row.", line=line, field="path"))
+        file_problem = input_file_problem(sample_path, f"{kind} file") if check_files and row["path"] else None
+        if file_problem:
+            hint = _input_hint(file_problem, f"Fix the path so it names the {kind} file itself (absolute, or relative to the {kind} table's folder), or remove the row.")
+            problems.append(Problem(csv_path, f"{file_problem} ({kind} '{row[id_column]}')", hint, line=line, field="path"))
         problems += row_checks(csv_path, row, line)
     for i, sample_id in table[id_column][table[id_column].duplicated()].items():
         problems.append(Problem(csv_path, f"{id_column} '{sample_id}' appears more than once", f"Give every {kind} a unique {id_column}.", line=int(i) + 2, field=id_column))
@@ -304,6 +407,13 @@ def _read_samples(csv_path: Path, kind: str, check_files: bool) -> tuple[pd.Data
         elif kind == "image":
             table[col] = np.nan
     return table, problems
+
+
+def _id_problems(csv_path: Path, row: pd.Series, column: str, line: int, hint: str) -> list[Problem]:
+    """A non-empty id in ``column`` that is not a safe file name (an empty one is reported apart)."""
+    value = row[column]
+    problem = id_problem(value, column) if value.strip() else None
+    return [Problem(csv_path, problem, hint, line=line, field=column)] if problem else []
 
 
 def _mpp_problems(csv_path: Path, row: pd.Series, line: int) -> list[Problem]:
@@ -351,8 +461,8 @@ def _check_window(manifest: Path, window: Any) -> list[Problem]:
     return [] if width > 0 else [Problem(manifest, f"'window.width' must be > 0, got {width:g}", hint, field="window")]
 
 
-def _read_clinical(csv_path: Path, schema: FieldSchema) -> tuple[pd.DataFrame | None, list[Problem]]:
-    table, problems = _read_csv(csv_path, "clinical")
+def _read_clinical(csv_path: Path, schema: FieldSchema, source: Source) -> tuple[pd.DataFrame | None, list[Problem]]:
+    table, problems = _read_csv(csv_path, "clinical", source)
     if table is None:
         return None, problems
     read = [spec for spec in schema.fields if not spec.permutation_of]  # negative controls are made below, not read
@@ -364,6 +474,7 @@ def _read_clinical(csv_path: Path, schema: FieldSchema) -> tuple[pd.DataFrame | 
         line = int(i) + 2
         if row["patient_id"].strip() == "":
             problems.append(Problem(csv_path, "'patient_id' is empty", "Fill in the patient id.", line=line, field="patient_id"))
+        problems += _id_problems(csv_path, row, "patient_id", line, "Rename the patient here and in the sample table (patient ids become file names).")
         for spec in read:
             issue = spec.check(row[spec.name])
             if issue:
