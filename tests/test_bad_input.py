@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -66,19 +67,20 @@ def test_missing_mpp_is_an_error_unless_the_manifest_gives_it(cohort_copy, tmp_p
 
 def test_a_killed_extraction_resumes_and_every_file_is_readable(tiny_cohort, tmp_path):
     out = tmp_path / "features"
-    command = [sys.executable, "-m", "persam_lib.cli", "extract", str(tiny_cohort.manifest_path), "--out", str(out), "--readers", "1", "--batch-size", "4"]
+    command = [str(Path(sys.executable).parent / "persam"), "extract", str(tiny_cohort.manifest_path), "--out", str(out), "--readers", "1", "--batch-size", "4"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("S*.h5"))) < 2:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # the CLI and its reader workers, mid-run
     process.wait()
-    done_before = {p.name for p in out.glob("S*.h5")}
+    done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("S*.h5")}
     assert 2 <= len(done_before) < 8, "the kill should land mid-run"
     assert all(is_complete(p) for p in out.glob("S*.h5"))  # no half-written file under a final name
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"{len(done_before)} already done" in rerun.stdout or "already done" in rerun.stdout
+    assert f"extract: {8 - len(done_before)} written, {len(done_before)} already done, 0 failed" in rerun.stdout
+    assert {name: (out / name).stat().st_mtime_ns for name in done_before} == done_before  # finished slides were not redone
     files = sorted(out.glob("S*.h5"))
     assert len(files) == 8 and all(len(read_features(p).features) > 0 for p in files)
     assert not list(out.glob(".*.tmp"))

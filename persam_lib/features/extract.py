@@ -1,28 +1,39 @@
 """Extraction runner: slide → tissue mask → patch grid → encoder → one HDF5 file per slide.
 
 Patches are read by a PyTorch DataLoader whose worker processes decode pixels while the main
-process encodes the previous batch. Resumable (a slide whose feature file is complete is
-skipped) and fault-tolerant (a slide that fails — unreadable, no tissue, a corrupt tile — is
-recorded in ``failures.csv`` with the reason while the others go on). Each slide is written to a
-temporary file and renamed when complete, so a crash never leaves a half-written cache.
+process encodes the previous batch. Resumable (a slide whose products — tissue mask and feature
+file — are both in place is skipped) and fault-tolerant (a slide that fails — unreadable, no
+tissue, a corrupt tile — is recorded in ``failures.csv`` with the reason while the others go
+on; the record is kept until the slide succeeds). Each product is written to a temporary file
+and renamed when complete, the mask first and the feature file last, so a crash never leaves a
+half-written cache. The output folder is locked for the run, features already there must have
+been made with the same settings (see `persam_lib.features.settings`), and a fault that would
+fail every later slide too (disk full, read-only folder, a reader killed for memory) stops the
+run with one clear error, keeping what was finished.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, PngImagePlugin
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from persam_lib.io.atomic import atomic_path, write_text_atomic
 from persam_lib.cohort.manifest import Cohort
+from persam_lib.features.consistency import check_rerun
 from persam_lib.features.encoders import Encoder, create_encoder
-from persam_lib.features.store import SlideFeatures, feature_path, is_complete, write_features
+from persam_lib.features.products import MASKS, WriteStopped, remove_slide_products, slide_done, write_failures, write_slide_products
+from persam_lib.features.products import load_tissue_mask, save_mask  # noqa: F401  (public here too: notebooks and explain import them from extract)
+from persam_lib.features.settings import extraction_settings
+from persam_lib.features.store import SlideFeatures
+from persam_lib.features.workers import ReaderKilledError, is_worker_killed, killed_error, reader_worker_init
+from persam_lib.io.atomic import remove_stale_temps, write_json_atomic
+from persam_lib.io.locks import output_lock
+from persam_lib.io.paths import check_writable_folder
 from persam_lib.slides.patching import PatchConfig, PatchPlan, patch_grid, plan_patches
 from persam_lib.slides.reader import SlideReader, open_slide
 from persam_lib.slides.tissue import TissueConfig, tissue_mask
@@ -40,6 +51,16 @@ class ExtractConfig:
     batch_size: int = 64
     num_workers: int = -1  # patch-reading processes; -1 = one per CPU but one, 0 = read in the main process
     reader_backend: str = "auto"  # "auto" (fast tiled-TIFF path when possible), "openslide"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"The 'batch_size' parameter (--batch-size) must be an int >= 1. Got {self.batch_size!r} instead.")
+        if not isinstance(self.num_workers, int) or self.num_workers < -1:
+            raise ValueError(f"The 'num_workers' parameter (--readers) must be -1 (one per CPU but one), 0 (read in the main process) or a positive int. Got {self.num_workers!r} instead.")
+        if not self.thumbnail_downsample > 0:
+            raise ValueError(f"The 'thumbnail_downsample' parameter must be > 0. Got {self.thumbnail_downsample!r} instead.")
+        if self.reader_backend not in ("auto", "openslide"):
+            raise ValueError(f"The 'reader_backend' parameter (--reader-backend) must be 'auto' or 'openslide'. Got {self.reader_backend!r} instead.")
 
     def workers(self) -> int:
         if self.num_workers >= 0:
@@ -149,87 +170,138 @@ def _collate(items: list[tuple[int, np.ndarray | None, str | None]]) -> tuple[np
     return np.array([s for s, _, _ in items]), pixels, [e for _, _, e in items]
 
 
-def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = ExtractConfig(), *, progress: bool = True) -> ExtractSummary:
-    """Extract features for every slide of ``cohort`` into ``out_dir``; skip slides already done."""
+def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = ExtractConfig(), *, progress: bool = True, overwrite: bool = False) -> ExtractSummary:
+    """Extract features for every slide of ``cohort`` into ``out_dir``; skip slides already done.
+
+    The folder is locked for the whole run: a second extraction into it stops at once with
+    `~persam_lib.io.locks.FolderBusyError`. Features already there must have been made with the
+    same settings (`~persam_lib.features.consistency.FeatureMismatchError` otherwise) unless
+    ``overwrite``, which redoes every slide. A disk-full, read-only or permission fault while
+    writing stops the run as `~persam_lib.features.products.WriteStopped` (an OSError naming the
+    file), a killed reader worker as `~persam_lib.features.workers.ReaderKilledError`; both after
+    ``failures.csv`` is written, keeping every slide finished before.
+    """
     out_dir = Path(out_dir)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    for stale in list(out_dir.glob(".*.tmp")) + list((out_dir / "masks").glob(".*.tmp")):
-        stale.unlink(missing_ok=True)  # left by a run that was killed mid-write
-    write_text_atomic(out_dir / "extract_config.json", json.dumps(asdict(config), indent=2))
-    encoder = create_encoder(config.encoder, weights=config.encoder_weights)
+    check_writable_folder(out_dir)
+    check_writable_folder(out_dir / MASKS)
+    with output_lock(out_dir, "extract"):
+        encoder = create_encoder(config.encoder, weights=config.encoder_weights)
+        settings, todo, summary = prepare_run(cohort, out_dir, config, overwrite=overwrite)
+        plans: list[SlidePlan] = []
+        for slide_id, path, mpp in tqdm(todo, desc="tissue + grid", disable=not progress):
+            try:
+                with open_slide(path, mpp=mpp, backend=config.reader_backend) as reader:
+                    plans.append(plan_slide(reader, slide_id, config, mpp))
+            except Exception as err:  # one failed slide must not stop the others
+                summary.failed[slide_id] = f"{type(err).__name__}: {err}"
+        try:
+            _encode_and_write(plans, encoder, config, settings, out_dir, summary, progress)
+        except (WriteStopped, ReaderKilledError):
+            _write_failures_if_possible(out_dir, summary)
+            raise
+        write_failures(out_dir, summary.failed, summary.written + summary.skipped)
+    return summary
+
+
+def prepare_run(cohort: Cohort, out_dir: Path, config: ExtractConfig, *, overwrite: bool = False) -> tuple[dict, list[tuple[str, str, float | None]], ExtractSummary]:
+    """What every extraction (local or Dask) does first, holding the folder's lock: remove temporary
+    files whose writer is gone, check the settings of the features already there (with
+    ``overwrite``, delete those made differently), record the settings in ``extract_config.json``,
+    and list the slides to do as (slide_id, path, mpp override); slides done are counted as skipped."""
+    remove_stale_temps(out_dir)
+    remove_stale_temps(out_dir / MASKS)
+    settings = extraction_settings(config)
+    for slide_id in check_rerun(out_dir, list(cohort.slides["slide_id"]), settings, overwrite=overwrite):
+        remove_slide_products(out_dir, slide_id)  # made with other settings: redone below, never mixed in
+    write_json_atomic(out_dir / "extract_config.json", {**asdict(config), "extraction": settings})
     summary = ExtractSummary()
-    plans: list[SlidePlan] = []
-    for row in tqdm(list(cohort.slides.itertuples()), desc="tissue + grid", disable=not progress):
-        if is_complete(feature_path(out_dir, row.slide_id)):
+    todo = []
+    for row in cohort.slides.itertuples():
+        if not overwrite and slide_done(out_dir, row.slide_id):
             summary.skipped.append(row.slide_id)
             continue
         mpp = getattr(row, "mpp", None)
-        mpp = None if mpp is None or pd.isna(mpp) else float(mpp)
-        try:
-            with open_slide(row.path, mpp=mpp, backend=config.reader_backend) as reader:
-                plans.append(plan_slide(reader, row.slide_id, config, mpp))
-        except Exception as err:  # one failed slide must not stop the others
-            summary.failed[row.slide_id] = f"{type(err).__name__}: {err}"
+        todo.append((row.slide_id, row.path, None if mpp is None or pd.isna(mpp) else float(mpp)))
+    return settings, todo, summary
 
-    loader = DataLoader(PatchDataset(plans, config.reader_backend), batch_size=config.batch_size, num_workers=config.workers() if len(plans) else 0, collate_fn=_collate)
+
+def _encode_and_write(plans: list[SlidePlan], encoder: Encoder, config: ExtractConfig, settings: dict, out_dir: Path, summary: ExtractSummary, progress: bool) -> None:
+    """Read every planned patch (in reader workers), encode batch by batch, write each slide when its last patch is in."""
+    workers = config.workers() if len(plans) else 0
+    loader = DataLoader(PatchDataset(plans, config.reader_backend), batch_size=config.batch_size, num_workers=workers, collate_fn=_collate, worker_init_fn=reader_worker_init() if workers else None)
     remaining = {i: len(p.coords) for i, p in enumerate(plans)}
     chunks: dict[int, list[np.ndarray]] = {i: [] for i in remaining}
     errors: dict[int, str] = {}
     bar = tqdm(total=len(plans), desc="extract", unit="slide", disable=not progress)
     slide_bar = tqdm(total=len(plans[0].coords) if plans else 0, desc=plans[0].slide_id if plans else "", unit="patch", position=1, leave=False, disable=not progress)
-    for slide_idx, pixels, batch_errors in loader:
-        ok = np.array([e is None for e in batch_errors])
-        features = encoder(pixels[ok]) if ok.any() else np.zeros((0, 0), np.float32)
-        for s, e in zip(slide_idx[~ok], (e for e in batch_errors if e is not None)):
-            errors.setdefault(int(s), e)
-        for s in np.unique(slide_idx):
-            s = int(s)
-            chunks[s].append(features[slide_idx[ok] == s])
-            remaining[s] -= int((slide_idx == s).sum())
-            slide_bar.update(int((slide_idx == s).sum()))
-            if remaining[s] == 0:
-                _finish_slide(plans[s], chunks.pop(s), errors.get(s), encoder.name, out_dir, summary)
-                bar.update()
-                if s + 1 < len(plans):  # the per-slide bar moves on to the next slide
-                    slide_bar.reset(total=len(plans[s + 1].coords))
-                    slide_bar.set_description(plans[s + 1].slide_id)
-    slide_bar.close()
-    bar.close()
-    failures = pd.DataFrame([{"slide_id": k, "reason": v} for k, v in summary.failed.items()], columns=["slide_id", "reason"])
-    write_text_atomic(out_dir / "failures.csv", failures.to_csv(index=False))
-    return summary
+    batches = iter(loader)
+    try:
+        for slide_idx, pixels, batch_errors in batches:
+            ok = np.array([e is None for e in batch_errors])
+            features = encoder(pixels[ok]) if ok.any() else np.zeros((0, 0), np.float32)
+            for s, e in zip(slide_idx[~ok], (e for e in batch_errors if e is not None)):
+                errors.setdefault(int(s), e)
+            for s in np.unique(slide_idx):
+                s = int(s)
+                chunks[s].append(features[slide_idx[ok] == s])
+                remaining[s] -= int((slide_idx == s).sum())
+                slide_bar.update(int((slide_idx == s).sum()))
+                if remaining[s] == 0:
+                    _finish_slide(plans[s], chunks.pop(s), errors.get(s), encoder.name, settings, out_dir, summary)
+                    bar.update()
+                    if s + 1 < len(plans):  # the per-slide bar moves on to the next slide
+                        slide_bar.reset(total=len(plans[s + 1].coords))
+                        slide_bar.set_description(plans[s + 1].slide_id)
+    except RuntimeError as err:
+        if is_worker_killed(err):
+            raise killed_error(err) from err
+        raise
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:  # the other readers stop now, not when the iterator is collected
+            shutdown()
+        slide_bar.close()
+        bar.close()
 
 
-def _finish_slide(plan: SlidePlan, chunks: list[np.ndarray], error: str | None, encoder_name: str, out_dir: Path, summary: ExtractSummary) -> None:
+def _write_failures_if_possible(out_dir: Path, summary: ExtractSummary) -> None:
+    try:
+        write_failures(out_dir, summary.failed, summary.written + summary.skipped)
+    except OSError:  # the same fault (a full disk) may refuse this too; the run's error says why
+        pass
+
+
+def _finish_slide(plan: SlidePlan, chunks: list[np.ndarray], error: str | None, encoder_name: str, settings: dict, out_dir: Path, summary: ExtractSummary) -> None:
     if error is not None:
         summary.failed[plan.slide_id] = error
         return
     try:
-        write_features(feature_path(out_dir, plan.slide_id), _slide_features(plan, np.concatenate(chunks), encoder_name))
-        _save_mask(out_dir / "masks" / f"{plan.slide_id}.png", plan.mask, plan.mask_downsample)
+        data = _slide_features(plan, np.concatenate(chunks), encoder_name, settings)
+        check_encoded(data)
+        write_slide_products(out_dir, data, plan.mask, plan.mask_downsample)
         summary.written.append(plan.slide_id)
+    except WriteStopped as err:  # every later slide would fail the same way: stop the run
+        summary.failed[plan.slide_id] = f"{type(err).__name__}: {err}"
+        raise
     except Exception as err:
         summary.failed[plan.slide_id] = f"{type(err).__name__}: {err}"
 
 
-def _slide_features(plan: SlidePlan, features: np.ndarray, encoder_name: str) -> SlideFeatures:
+def check_encoded(data: SlideFeatures) -> None:
+    """Refuse to write features with a NaN or infinite value (a ValueError naming the patch), so no
+    feature file ever holds one: the slide fails and the rest go on."""
+    bad = np.flatnonzero(~np.isfinite(data.features).all(axis=1))
+    if len(bad):
+        x, y = (int(v) for v in data.coords[bad[0]])
+        raise ValueError(
+            f"encoder '{data.encoder}' gave non-finite features for {len(bad)} of {len(data.features)} patch(es) of slide '{data.slide_id}', "
+            f"first row {int(bad[0])} (patch at level-0 x={x}, y={y}); the slide is not written. Check the encoder and its weights."
+        )
+
+
+def _slide_features(plan: SlidePlan, features: np.ndarray, encoder_name: str, settings: dict | None = None) -> SlideFeatures:
     p = plan.plan
     return SlideFeatures(
         slide_id=plan.slide_id, features=features.astype(np.float32), coords=plan.coords, patch_size=p.patch_size, patch_level=p.level,
-        downsample=p.level_downsample, mpp=p.mpp, encoder=encoder_name, patch_size_level0=p.patch_size_level0,
+        downsample=p.level_downsample, mpp=p.mpp, encoder=encoder_name, patch_size_level0=p.patch_size_level0, extraction=settings,
     )
-
-
-def load_tissue_mask(features_dir: str | Path, slide_id: str) -> tuple[np.ndarray, float]:
-    """The tissue mask saved beside the features, and its downsample (level-0 px per mask px)."""
-    image = Image.open(Path(features_dir) / "masks" / f"{slide_id}.png")
-    return np.asarray(image) > 0, float(image.info.get("downsample", 16.0))
-
-
-def _save_mask(path: Path, mask: np.ndarray, downsample: float) -> None:
-    info = PngImagePlugin.PngInfo()
-    info.add_text("downsample", str(downsample))
-    with atomic_path(path) as tmp:
-        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp, format="PNG", pnginfo=info)
-
-

@@ -7,6 +7,7 @@ folder — the second line of defence should an unchecked name ever reach it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -82,11 +83,13 @@ def check_writable_folder(folder: str | Path) -> Path:
     """Create ``folder`` if needed and prove it takes a file; an OSError that names the folder and
     the cause (read-only file system, permission, disk full) otherwise."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(folder))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe.{os.getpid()}.tmp"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
-        raise OSError(err.errno, f"{folder}: cannot write there ({err.strerror}). Choose another output folder, or free space / fix permissions") from None
+        raise OSError(err.errno, f"cannot write into this folder ({err.strerror})", str(folder)) from None
     return folder
