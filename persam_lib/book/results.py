@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persam_lib.io.atomic import write_text_atomic
+from persam_lib.io.atomic import dumps_strict, write_text_atomic
 
 RESULTS_MIME = "application/vnd.persam.results+json"
 PROVENANCE_MIME = "application/vnd.persam.provenance+json"
@@ -36,10 +36,10 @@ def publish_results(values: dict[str, Any], tolerances: dict[str, float] | None 
 
 
 def _plain(value: Any) -> Any:
-    """A JSON-ready scalar (numpy numbers become Python numbers; NaN becomes None)."""
+    """A JSON-ready scalar (numpy numbers become Python numbers; NaN and Inf become None)."""
     if hasattr(value, "item"):
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if not isinstance(value, (int, float, str, bool, type(None))):
         raise TypeError(f"result values must be numbers, strings or booleans, got {type(value).__name__}")
@@ -87,7 +87,7 @@ def sidecar_path(notebook: str | Path) -> Path:
 def write_sidecar(notebook: str | Path, path: str | Path | None = None) -> Path:
     """Save an executed notebook's record as JSON (atomically) beside it, or at ``path``."""
     record = read_notebook_record(notebook)
-    return write_text_atomic(Path(path) if path else sidecar_path(notebook), json.dumps(asdict(record), indent=1, default=str))
+    return write_text_atomic(Path(path) if path else sidecar_path(notebook), dumps_strict(asdict(record), indent=1, default=str))
 
 
 def read_sidecar(path: str | Path) -> NotebookRecord:

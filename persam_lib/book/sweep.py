@@ -19,7 +19,8 @@ executed ``notebook.ipynb`` and, last, ``results.json`` (the notebook's record, 
 `persam_lib.book.results`), whose presence marks the point finished: a rerun skips it. A failing
 point leaves ``failure.json`` (the failing cell and error) and its partly executed notebook; the
 other points go on. Points run one after another, in ``workers`` local processes (with GPUs, each
-running point gets its own: ``CUDA_VISIBLE_DEVICES``), or as tasks on a Dask cluster.
+running point gets its own: ``CUDA_VISIBLE_DEVICES``), or as tasks on a Dask cluster. One sweep at
+a time runs into an out folder (`persam_lib.io.locks.output_lock`); a second stops at once.
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ from typing import Any, Iterator
 import pandas as pd
 import yaml
 
-from persam_lib.io.atomic import write_text_atomic
+from persam_lib.io.atomic import dumps_strict, remove_stale_temps, write_text_atomic
+from persam_lib.io.locks import output_lock
+from persam_lib.io.yaml_files import YamlFileError, compose_yaml, node_value
 from persam_lib.book.parameters import RUNNER_PARAMETERS, declared_parameters, type_problem
 from persam_lib.book.results import read_notebook_record, read_sidecar, write_sidecar
 
@@ -63,6 +66,7 @@ class Point:
     @property
     def key(self) -> str:
         """12 hex digits of the SHA-256 of the notebook name and its parameters (canonical JSON)."""
+        # plain json.dumps on purpose: the key names existing point folders, so its text must never change
         blob = json.dumps({"notebook": self.notebook, "parameters": self.parameters}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -84,9 +88,9 @@ def _mapping(node: yaml.Node) -> dict[str, tuple[yaml.Node, yaml.Node]]:
     return {str(k.value): (k, v) for k, v in node.value} if isinstance(node, yaml.MappingNode) else {}
 
 
-def _value(node: yaml.Node) -> Any:
-    """The Python value of a YAML node, constructed safely."""
-    return yaml.safe_load(yaml.serialize(node))
+def _values_of(path: Path):
+    """A function giving the plain-data value of a node of ``path``'s tree (`node_value`: unsafe tags refused, with the line)."""
+    return lambda node: node_value(node, path, "sweep file")
 
 
 def _book_chapters(project_root: Path) -> dict[str, Path]:
@@ -99,14 +103,21 @@ def _book_chapters(project_root: Path) -> dict[str, Path]:
 
 
 def load_sweep(path: str | Path, project_root: str | Path = ".") -> Sweep:
-    """Read and check a sweep file; raise `SweepError` listing every problem (file and line)."""
+    """Read and check a sweep file; raise `SweepError` listing every problem (file and line).
+
+    The file is read by the one YAML loader (`persam_lib.io.yaml_files`): malformed YAML or a tag
+    that is not plain data (``!!python/...``) is one problem naming the line.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such sweep file")
     try:
-        root = yaml.compose(path.read_text())  # a node tree with line numbers; no object construction
-    except yaml.YAMLError as err:
-        raise SweepError([f"{path}: not valid YAML ({err})"]) from None
+        root = compose_yaml(path, "sweep file")  # a node tree with line numbers; nothing constructed yet
+        if root is not None:
+            node_value(root, path, "sweep file")  # every value is plain data (an unsafe tag anywhere is refused, with its line)
+    except YamlFileError as err:
+        raise SweepError([str(err)]) from None
+    _value = _values_of(path)
     where = lambda node: f"{path}, line {_line(node)}"  # noqa: E731
     if not isinstance(root, yaml.MappingNode):
         raise SweepError([f"{path}: a sweep file is a mapping with a 'notebooks' list (see `persam sweep --help`)"])
@@ -141,6 +152,9 @@ def load_sweep(path: str | Path, project_root: str | Path = ".") -> Sweep:
         if not source.is_file():
             problems.append(f"{where(name_node)}: unknown notebook '{notebook}'; use one of the book's chapters {sorted(chapters)} or a path to a .ipynb")
             continue
+        if Path(notebook).is_absolute() or ".." in Path(notebook).parts:
+            problems.append(f"{where(name_node)}: notebook '{notebook}' would file its points outside the sweep's out folder; name a chapter, or a notebook by a path below the sweep file's folder")
+            continue
         declared = declared_parameters(source)
         fixed = {k: v for k, v in shared.items() if k in declared}  # shared parameters go to the notebooks that declare them
         if fixed:
@@ -152,7 +166,7 @@ def load_sweep(path: str | Path, project_root: str | Path = ".") -> Sweep:
                 fixed.update(own)
             else:
                 problems.append(f"{where(fields['parameters'][1])}: 'parameters' must be a mapping of parameter names to values")
-        entry_points, entry_problems = _entry_points(fields, declared, notebook, where)
+        entry_points, entry_problems = _entry_points(fields, declared, notebook, where, _value)
         problems += entry_problems
         points += [Point(notebook, source.resolve(), {**fixed, **varying}) for varying in entry_points]
         used.update(declared)
@@ -165,7 +179,7 @@ def load_sweep(path: str | Path, project_root: str | Path = ".") -> Sweep:
     return Sweep(str(_value(top["name"][1])) if "name" in top else path.stem, out.resolve(), points)
 
 
-def _entry_points(fields: dict, declared: dict, notebook: str, where) -> tuple[list[dict[str, Any]], list[str]]:
+def _entry_points(fields: dict, declared: dict, notebook: str, where, _value) -> tuple[list[dict[str, Any]], list[str]]:
     """The varying parameters of each point of one entry (grid combinations, or the listed points)."""
     problems: list[str] = []
     if "grid" in fields and "points" in fields:
@@ -237,7 +251,11 @@ class SweepReport:
 
 
 def point_dir(sweep_out: Path, point: Point) -> Path:
-    return sweep_out / point.notebook / point.key
+    """``<out>/<notebook>/<key>``, refused (`UnsafePathError`) should it resolve outside ``out``."""
+    from persam_lib.io.paths import inside
+
+    inside(sweep_out, point.notebook, point.key)
+    return Path(sweep_out) / point.notebook / point.key
 
 
 def _run_point(job: tuple[Point, str, str, str, Any, int]) -> PointOutcome:
@@ -255,10 +273,11 @@ def _run_point(job: tuple[Point, str, str, str, Any, int]) -> PointOutcome:
             os.environ[variable] = str(threads)  # the kernel papermill starts inherits them
     folder = point_dir(Path(out), point)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)  # left by a killed earlier attempt (never a live writer's)
     (folder / "failure.json").unlink(missing_ok=True)
     declared = declared_parameters(point.source)
     runner = {k: v for k, v in (("work_dir", work_dir), ("output_dir", str(folder))) if k in declared}
-    write_text_atomic(folder / "parameters.json", json.dumps({"notebook": point.notebook, "source": str(point.source), "parameters": point.parameters, **runner}, indent=1, default=str))
+    write_text_atomic(folder / "parameters.json", dumps_strict({"notebook": point.notebook, "source": str(point.source), "parameters": point.parameters, **runner}, indent=1, default=str))
     gpu = gpus.get() if gpus is not None else None
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # the kernel papermill starts inherits it
@@ -277,7 +296,7 @@ def _run_point(job: tuple[Point, str, str, str, Any, int]) -> PointOutcome:
             recorded = read_notebook_record(folder / "notebook.failed.ipynb").error
             if recorded:
                 failure.update(recorded)
-        write_text_atomic(folder / "failure.json", json.dumps(failure, indent=1, default=str))
+        write_text_atomic(folder / "failure.json", dumps_strict(failure, indent=1, default=str))
         where = f" at In [{failure['execution_count']}]" if failure.get("execution_count") else ""
         return PointOutcome(point.notebook, point.key, "failed", time.perf_counter() - start, f"{failure.get('ename') or failure['error']}{where}")
     finally:
@@ -303,7 +322,20 @@ def _stderr_to(path: Path) -> Iterator[None]:
 
 
 def run_sweep(sweep: Sweep, work_dir: str | Path, *, workers: int = 1, scheduler: str | None = None, cwd: str | Path = ".", progress: bool = True) -> SweepReport:
-    """Run every unfinished point of ``sweep`` and collect the results table (``results.csv``)."""
+    """Run every unfinished point of ``sweep`` and collect the results table (``results.csv``).
+
+    The sweep's out folder is locked while it runs (`persam_lib.io.locks.output_lock`): a second
+    sweep into the same folder stops at once with `FolderBusyError` instead of running points twice.
+    """
+    if workers < 1:
+        raise ValueError(f"The 'workers' parameter must be an int >= 1. Got {workers!r} instead.")
+    with output_lock(sweep.out, "sweep"):
+        remove_stale_temps(sweep.out)
+        return _run_unfinished(sweep, work_dir, workers=workers, scheduler=scheduler, cwd=cwd, progress=progress)
+
+
+def _run_unfinished(sweep: Sweep, work_dir: str | Path, *, workers: int, scheduler: str | None, cwd: str | Path, progress: bool) -> SweepReport:
+    """`run_sweep`'s work, under the out folder's lock."""
     from tqdm import tqdm
 
     report = SweepReport()
@@ -377,7 +409,7 @@ def results_table(sweep: Sweep) -> pd.DataFrame:
             continue
         record = read_sidecar(path)
         for name, value in record.results.items():
-            rows.append({"notebook": point.notebook, "point": point.key, **{k: v if not isinstance(v, (list, dict)) else json.dumps(v) for k, v in point.parameters.items()}, "result": name, "value": value})
+            rows.append({"notebook": point.notebook, "point": point.key, **{k: v if not isinstance(v, (list, dict)) else dumps_strict(v) for k, v in point.parameters.items()}, "result": name, "value": value})
     return pd.DataFrame(rows)
 
 

@@ -19,9 +19,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from persam_lib.cohort.schema import FieldSchema, FieldSpec, is_missing
+from persam_lib.io.yaml_files import load_yaml
 
 ORIGINAL = "original"
 DEFAULT_QUANTILES = (0.1, 0.5, 0.9)
@@ -86,7 +86,7 @@ def parse_alteration(text: str, schema: FieldSchema) -> Alteration:
 
 
 def alterations_from_yaml(path: str | Path, schema: FieldSchema) -> list[Alteration]:
-    """Alterations listed in a YAML file (loaded safely), each a mapping of several edits at once.
+    """Alterations listed in a YAML file (`persam_lib.io.yaml_files.load_yaml`: plain YAML only), each a mapping of several edits at once.
 
     For example::
 
@@ -98,9 +98,7 @@ def alterations_from_yaml(path: str | Path, schema: FieldSchema) -> list[Alterat
     Every edit is validated against the schema; errors name the file, the entry and the field.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such alterations file")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path, "alterations file") or {}
     entries = data.get("alterations") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty list under 'alterations:', e.g. 'alterations: [{{site: extranodal}}]'")

@@ -7,8 +7,6 @@ the region that is diagnostic under each record, beside uniform and random atten
 """
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from persam_lib.io.atomic import atomic_path, write_text_atomic
+from persam_lib.io.atomic import atomic_path, dumps_strict, write_text_atomic
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.explain.attention import Explanation
 from persam_lib.explain.records import ORIGINAL, field_of
@@ -90,15 +88,9 @@ def write_metrics(reports: list[ExplanationReport], path: str | Path) -> Path:
     """All tables of ``reports`` as one JSON file: ``{model: {table: [rows...]}, ...}`` (written atomically)."""
     path = check_metrics_path(path)
 
-    def clean(value):
-        return None if isinstance(value, float) and math.isnan(value) else value
-
-    payload = {
-        r.model: {**{name: [{k: clean(v) for k, v in row.items()} for row in table.to_dict("records")] for name, table in r.tables().items()}, "moved_to_new_region": r.moved}
-        for r in reports
-    }
+    payload = {r.model: {**{name: table.to_dict("records") for name, table in r.tables().items()}, "moved_to_new_region": r.moved} for r in reports}
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, json.dumps(payload, indent=1, default=_json_default))
+    return write_text_atomic(path, dumps_strict(payload, indent=1, default=_json_default))  # strict JSON: NaN and Inf as null
 
 
 def _json_default(value):

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from PIL import Image
 from scipy.stats import rankdata
 
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.explain.records import ORIGINAL
+from persam_lib.io.yaml_files import YamlFileError, load_yaml
 from persam_lib.slides.patching import mask_fraction
+
+
+TRUTH_KEYS = ("masks", "mask_downsample", "labels", "deciding_field", "diagnostic_region")
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,24 @@ def load_truth(cohort: Cohort) -> GroundTruth | None:
     """The cohort's ground truth, or None when its manifest names none."""
     if cohort.truth_path is None:
         return None
-    raw = yaml.safe_load(cohort.truth_path.read_text())
-    return GroundTruth(
-        masks_dir=cohort.truth_path.parent / raw["masks"],
-        mask_downsample=float(raw["mask_downsample"]),
-        labels={str(k): int(v) for k, v in raw["labels"].items()},
-        deciding_field=str(raw["deciding_field"]),
-        diagnostic_region={str(k): str(v) for k, v in raw["diagnostic_region"].items()},
-        noise_fields=tuple(str(f) for f in raw.get("noise_fields") or ()),
-    )
+    path = cohort.truth_path
+    raw = load_yaml(path, "ground-truth file")
+    if not isinstance(raw, dict):
+        raise YamlFileError(path, "a ground-truth file is a mapping", f"Give the keys {list(TRUTH_KEYS)} (see persam_lib.explain.truth).")
+    missing = [key for key in TRUTH_KEYS if key not in raw]
+    if missing:
+        raise YamlFileError(path, f"the ground-truth file has no {', '.join(repr(k) for k in missing)}", f"Give the keys {list(TRUTH_KEYS)} (see persam_lib.explain.truth).")
+    try:
+        return GroundTruth(
+            masks_dir=path.parent / str(raw["masks"]),
+            mask_downsample=float(raw["mask_downsample"]),
+            labels={str(k): int(v) for k, v in dict(raw["labels"]).items()},
+            deciding_field=str(raw["deciding_field"]),
+            diagnostic_region={str(k): str(v) for k, v in dict(raw["diagnostic_region"]).items()},
+            noise_fields=tuple(str(f) for f in raw.get("noise_fields") or ()),
+        )
+    except (TypeError, ValueError) as err:
+        raise YamlFileError(path, f"a value has the wrong type ({err})", "'mask_downsample' is a number, 'labels' maps region names to mask values (ints), 'diagnostic_region' maps values to region names.") from None
 
 
 def region_fractions(truth: GroundTruth, slide_id: str, coords: np.ndarray, patch_size: int) -> dict[str, np.ndarray]:

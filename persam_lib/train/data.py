@@ -72,7 +72,7 @@ def load_sample(cohort: Cohort, slide_id: str, features_dir: str | Path | None, 
         raise KeyError(f"{cohort.manifest_path}: no {cohort.sample_name} '{slide_id}' in the cohort")
     if cohort.modality == "images":
         return _image_bag(cohort, row, images)
-    data = read_features(feature_path(features_dir, slide_id))
+    data = read_features(feature_path(features_dir, slide_id))  # a NaN/Inf value is an error naming the slide and row
     return Bag(slide_id, row["patient_id"], data.features, data.coords, data.patch_size_level0, int(row["y"]))
 
 
@@ -116,13 +116,16 @@ def _image_bag(cohort: Cohort, row: dict, images: ImageInput) -> Bag:
 
 
 def load_bags(cohort: Cohort, features_dir: str | Path) -> list[Bag]:
-    """Read every slide's feature file; a missing file is an error that says to run `persam extract`."""
+    """Read every slide's feature file, checked together (`check_feature_folder`): a missing file
+    says to run `persam extract`; files that disagree in dimension or settings, or a NaN/Inf value
+    (naming the slide and row), are a ValueError before anything trains."""
+    from persam_lib.features.consistency import check_feature_folder
+
+    table = cohort.slide_table()
+    folder = check_feature_folder(features_dir, table["slide_id"])
     bags = []
-    for row in cohort.slide_table().itertuples():
-        path = feature_path(features_dir, row.slide_id)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no features for slide '{row.slide_id}'. Run `persam extract` first (see failures.csv there if it failed).")
-        data = read_features(path)
+    for row in table.itertuples():
+        data = folder.features[row.slide_id]
         bags.append(Bag(row.slide_id, row.patient_id, data.features, data.coords, data.patch_size_level0, int(row.y)))
     return bags
 

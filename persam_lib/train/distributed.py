@@ -42,9 +42,17 @@ class Distributed:
         return self.rank == 0
 
     def device(self, requested: str) -> torch.device:
-        """The device for this rank: ``auto`` or ``cuda`` → this rank's GPU when CUDA is present, else CPU."""
+        """The device for this rank: ``auto`` → this rank's GPU when CUDA is present, else CPU;
+        ``cuda`` → this rank's GPU; ``cuda:N`` → GPU N; ``cpu`` → the CPU.
+
+        Asking for CUDA where there is none (a CPU-only PyTorch, no GPU visible, or GPU N beyond
+        those present) is a ValueError that says to use ``--device auto`` or ``cpu`` — raised
+        here, where training or explaining resolves its device before writing anything.
+        """
         if requested == "auto":
             requested = "cuda" if torch.cuda.is_available() else "cpu"
+        if requested.startswith("cuda"):
+            check_cuda(requested)
         if requested == "cuda" and self.enabled:
             return torch.device("cuda", self.local_rank)
         return torch.device(requested)
@@ -72,6 +80,17 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+def check_cuda(requested: str = "cuda") -> None:
+    """Raise a ValueError saying why ``requested`` ("cuda" or "cuda:N") cannot be used on this machine."""
+    if not torch.cuda.is_available():
+        why = f"this PyTorch ({torch.__version__}) was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible to this process"
+        raise ValueError(f"The device {requested!r} was asked for (--device or the 'device' option), but CUDA is not available on this machine ({why}). Use --device auto (CUDA when present, else CPU) or --device cpu.")
+    _, _, index = requested.partition(":")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise ValueError(f"The device {requested!r} was asked for, but this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1}). Use --device cuda, --device auto or --device cpu.")
 
 
 def from_environment() -> Distributed:

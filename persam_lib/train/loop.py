@@ -99,7 +99,7 @@ class TrainConfig:
             ("patch_size", self.patch_size >= 4 and self.patch_size & (self.patch_size - 1) == 0, "a power of two >= 4"),
             ("image_size", self.image_size >= 2 * self.patch_size and self.image_size % self.patch_size == 0, f"a multiple of patch_size ({self.patch_size}), at least twice it"),
             ("ehr_stages", self._stages_fit(), f"comma-separated numbers of the CNN's stages, 1 to {self.patch_size.bit_length() - 1} (one per halving of patch_size), like '3,4'"),
-            ("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+            ("device", self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()), "'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ]
         for name, ok, expected in checks:
             if not ok:
