@@ -30,31 +30,56 @@ def _demo_cohort(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from persam_lib.cohort.manifest import load_manifest
+    """The manifest and its tables, the cohort as a whole (warnings on stderr), then — unless
+    ``--quick`` — every slide opened or every image decoded; every failure in one message."""
+    from persam_lib.cohort.manifest import load_manifest, unreadable_report
+    from persam_lib.cohort.sanity import cohort_issues, errors_message
 
     cohort = load_manifest(args.manifest)
-    if cohort.modality == "images":  # images are cheap to decode: check every one now, not at training time
+    errors, warnings = cohort_issues(cohort, None)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    failures = [errors_message(errors)] if errors else []
+    if not args.quick and cohort.modality == "images":
+        from persam_lib.images import ImageReadError
         from persam_lib.train.data import load_images
 
-        load_images(cohort)
-    print(f"{args.manifest}: valid — cohort '{cohort.name}', {len(cohort.slides)} {cohort.sample_name}(s), {len(cohort.clinical)} patient(s), fields {cohort.schema.names}")
+        try:
+            load_images(cohort)
+        except ImageReadError as err:
+            failures.append(str(err))
+    elif not args.quick:
+        from persam_lib.slides.check import check_slides
+
+        unreadable = check_slides(cohort, backend=args.reader_backend)
+        if unreadable:
+            failures.append(unreadable_report(cohort, {p.slide_id: p.reason for p in unreadable}))
+    if failures:
+        raise ValueError("\n".join(failures))
+    opened = "files not opened (--quick)" if args.quick else f"every {cohort.sample_name} {'opened' if cohort.modality == 'slides' else 'decoded'}"
+    print(f"{args.manifest}: valid — cohort '{cohort.name}', {len(cohort.slides)} {cohort.sample_name}(s), {len(cohort.clinical)} patient(s), fields {cohort.schema.names}; {opened}")
     return 0
 
 
 def _extract(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
     from persam_lib.features.extract import ExtractConfig, extract
+    from persam_lib.features.workers import ReaderKilledError
     from persam_lib.slides.patching import PatchConfig
 
     cohort = load_manifest(args.manifest)
     patch = PatchConfig(patch_size=args.patch_size, stride=args.stride, mpp=None if args.mpp <= 0 else args.mpp, min_tissue_fraction=args.min_tissue)
     config = ExtractConfig(encoder=args.encoder, encoder_weights=str(args.weights) if args.weights else None, patch=patch, batch_size=args.batch_size, num_workers=args.readers, reader_backend=args.reader_backend)
-    if args.scheduler or args.workers:
-        from persam_lib.features.distributed import extract_distributed
+    try:
+        if args.scheduler or args.workers:
+            from persam_lib.features.distributed import extract_distributed
 
-        summary = extract_distributed(cohort, args.out, config, address=args.scheduler, n_workers=args.workers or 2)
-    else:
-        summary = extract(cohort, args.out, config)
+            summary = extract_distributed(cohort, args.out, config, address=args.scheduler, n_workers=args.workers or 2, overwrite=args.overwrite)
+        else:
+            summary = extract(cohort, args.out, config, overwrite=args.overwrite)
+    except ReaderKilledError as err:  # a resource fault, not bad input: exit 1, one line
+        print(f"persam extract: error: {err}", file=sys.stderr)
+        return 1
     print(summary.line())
     return 1 if summary.failed else 0
 
@@ -254,31 +279,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated cohort")
     p.set_defaults(func=_demo_cohort)
 
-    p = sub.add_parser("validate", help="check a manifest and its tables; every error names file, line and field")
-    p.add_argument("manifest", type=Path)
+    p = sub.add_parser("validate", help="check a manifest, its tables and the cohort, and open every slide or image; every error names file, line and field")
+    p.add_argument("manifest", type=Path, help="the cohort's manifest.yaml")
+    p.add_argument("--quick", action="store_true", help="check the manifest, tables and cohort only: do not open slides or decode images")
+    p.add_argument("--reader-backend", choices=["auto", "openslide"], default="auto", help="open slides as `persam extract --reader-backend` will")
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("extract", help="tissue, patches and features: one HDF5 per slide (resumable)")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="features directory")
+    p = sub.add_parser("extract", help="tissue, patches and features: one HDF5 per slide (resumable; settings recorded and checked)")
+    p.add_argument("manifest", type=Path, help="the cohort's manifest.yaml")
+    p.add_argument("--out", type=Path, required=True, help="features directory (one <slide_id>.h5 and masks/<slide_id>.png per slide, failures.csv); locked while the run works in it")
     p.add_argument("--encoder", default="stats", help="stats (no weights), resnet50_trunc, vit_s16, or timm:<name> when timm is installed")
-    p.add_argument("--weights", type=Path, help="local weight file (torchvision / timm state dict) for resnet50_trunc, vit_s16, timm:*")
-    p.add_argument("--readers", type=int, default=-1, help="patch-reading processes beside the encoder (-1: one per CPU but one; 0: none)")
+    p.add_argument("--weights", type=Path, help="local weight file (torchvision / timm state dict) for resnet50_trunc, vit_s16, timm:*; its sha256 is recorded in every feature file")
+    p.add_argument("--readers", type=int, default=-1, help="patch-reading processes beside the encoder (-1: one per CPU but one; 0: read in the main process, least memory)")
     p.add_argument("--reader-backend", choices=["auto", "openslide"], default="auto", help="auto: fast tiled-TIFF path where possible, else OpenSlide")
     p.add_argument("--scheduler", help="address of a running Dask scheduler: slides become tasks on its workers")
-    p.add_argument("--workers", type=int, default=0, help="run slides as tasks on a local Dask cluster of N worker processes")
+    p.add_argument("--workers", type=int, default=0, help="run slides as tasks on a local Dask cluster of N worker processes (0: no Dask)")
     p.add_argument("--patch-size", type=int, default=256, help="patch side in pixels at --mpp")
     p.add_argument("--mpp", type=float, default=0.5, help="target microns per pixel (0.5 ~ 20x); 0 = each slide's native level 0")
     p.add_argument("--stride", type=int, default=None, help="grid step in pixels at --mpp (default: patch size, no overlap)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept patch")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="patches encoded at once (smaller needs less memory)")
+    p.add_argument("--overwrite", action="store_true", help="redo every slide with this run's settings, replacing the features in --out; needed to change the encoder, weights, --patch-size, --mpp, --stride or --min-tissue of a folder that holds features (default: off: finished slides are kept, other settings refused)")
     p.set_defaults(func=_extract)
 
     p = sub.add_parser("import-features", help="bring in features written by CLAM or TRIDENT, checked against the manifest")
     p.add_argument("source", type=Path, help="the other tool's output folder")
-    p.add_argument("--format", choices=["clam", "trident"], required=True)
-    p.add_argument("--manifest", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="features directory to fill")
+    p.add_argument("--format", choices=["clam", "trident"], required=True, help="the other tool's layout: clam (h5_files/<slide>.h5) or trident (features_<encoder>/<slide>.h5)")
+    p.add_argument("--manifest", type=Path, required=True, help="the cohort's manifest.yaml; files are matched to its slides by slide_id or slide file name")
+    p.add_argument("--out", type=Path, required=True, help="features directory to fill (slides already there are kept; locked while the import works in it)")
     p.set_defaults(func=_import_features)
 
     p = sub.add_parser("train", help="patient-level cross-validated training into a run directory (resumable; torchrun for several GPUs)")
@@ -375,6 +403,8 @@ def _os_error_line(err: OSError) -> str:
         errno.EROFS: "the folder is on a read-only file system; choose another output folder",
         errno.EACCES: "check the folder's permissions, or choose another output folder",
         errno.EPERM: "check the folder's permissions, or choose another output folder",
+        errno.ENOTDIR: "choose another output folder, or move that file away",
+        errno.EEXIST: "choose another output folder, or move that file away",
     }.get(err.errno, "fix the cause and run the same command again: finished work is kept")
     return f"{where}{cause}; {advice}."
 
