@@ -1,0 +1,119 @@
+"""The attention arithmetic of PersAM as its authors released it (GitHub PersAM-MIL/PersAM).
+
+Pure functions on score tensors, so each can be checked against the formula it implements:
+
+* `balanced_softmax`: softmax within each group of keys (patches, record tokens, class tokens),
+  then the groups weighted by a softmax over their mean score (the class group's *maximum*), so the
+  record's share of attention does not shrink as the bag grows (release: `BalancedSA.attention`).
+* `class_token_mask`: additive mask that stops class tokens from attending to each other.
+* `aggregator_maps`: the one-head sigmoid "multimodal aggregator" — for class c the patch map is
+  σ(c→patch) × mean over record tokens of σ(record→patch) × mean over record tokens of σ(c→record);
+  the bag's map is the maximum over classes, normalised to sum to 1 (release:
+  `Multimodal_aggregator`).
+* `noisy_or_attention_loss`: per class p = 1 − Π(1 − s·a_i) over the class's patch map a, against
+  the one-hot label with class weights (release: `PersAM_train.train`), computed in log space so
+  that it stays finite for any bag size and for maps at exactly 0 or 1.
+
+Token order everywhere is [patches (N), record tokens (R), class tokens (C)], as in the release.
+Shapes: scores (B, H, T, T) with T = N + R + C; ``patch_mask`` (B, N), True for real patches.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def class_token_mask(n_patches: int, n_record: int, n_classes: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(T, T) additive mask: −inf where a class token would attend to another class token, else 0."""
+    t = n_patches + n_record + n_classes
+    mask = torch.zeros(t, t, device=device)
+    blocked = ~torch.eye(n_classes, dtype=torch.bool, device=device)
+    mask[-n_classes:, -n_classes:] = torch.zeros(n_classes, n_classes, device=device).masked_fill(blocked, float("-inf"))
+    return mask
+
+
+def _group_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension restricted to ``allowed`` keys (zero elsewhere; all-blocked rows are zero)."""
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+
+
+def balanced_softmax(scores: torch.Tensor, n_patches: int, n_record: int, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Balanced attention weights (B, H, T, T) from raw scores (B, H, T, T) (masks already added).
+
+    Within each key group the weights are a softmax; each group is then scaled by
+    softmax_g(m_g), where m_g is the group's mean score over its allowed keys (for the class group,
+    its maximum). Each query's weights sum to 1. Padded patches (``patch_mask`` False) get no
+    weight and do not enter the patch group's mean.
+    """
+    b, _, _, t = scores.shape
+    groups = (slice(0, n_patches), slice(n_patches, n_patches + n_record), slice(n_patches + n_record, t))
+    finite = torch.isfinite(scores)
+    weights, summaries = [], []
+    for g, part in enumerate(groups):
+        s = scores[..., part]
+        allowed = finite[..., part]
+        if g == 0 and patch_mask is not None:
+            allowed = allowed & patch_mask[:, None, None, :]
+        count = allowed.sum(-1, keepdim=True)
+        if g == 2:  # class keys: the release takes the maximum (other class tokens are masked out)
+            summary = s.masked_fill(~allowed, float("-inf")).amax(-1, keepdim=True)
+        else:
+            summary = s.masked_fill(~allowed, 0.0).sum(-1, keepdim=True) / count.clamp_min(1)
+        summaries.append(summary.masked_fill(count == 0, float("-inf")))  # an empty group gets no share
+        weights.append(_group_softmax(s, allowed))
+    shares = torch.softmax(torch.cat(summaries, dim=-1), dim=-1)  # (B, H, T, 3)
+    return torch.cat([w * shares[..., g : g + 1] for g, w in enumerate(weights)], dim=-1)
+
+
+def aggregator_maps(scores: torch.Tensor, n_patches: int, n_record: int, n_classes: int, patch_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The multimodal aggregator's maps from one head's raw scores (B, T, T).
+
+    Returns (class_maps (B, C, N), bag_map (B, N)): class_maps[c, i] = σ(s[c, i]) ·
+    mean_r σ(s[r, i]) · mean_r σ(s[c, r]) (values in [0, 1], zero on padded patches); bag_map is
+    the maximum over classes normalised to sum to 1 over the real patches (what pools the patches).
+    """
+    a = torch.sigmoid(scores.float())
+    patches = slice(0, n_patches)
+    record = slice(n_patches, n_patches + n_record)
+    classes = slice(n_patches + n_record, n_patches + n_record + n_classes)
+    record_to_patch = a[:, record, patches].mean(1, keepdim=True)  # (B, 1, N)
+    class_to_record = a[:, classes, record].mean(2, keepdim=True)  # (B, C, 1)
+    class_maps = a[:, classes, patches] * record_to_patch * class_to_record  # (B, C, N)
+    if patch_mask is not None:
+        class_maps = class_maps * patch_mask[:, None, :].to(class_maps.dtype)
+    bag = class_maps.amax(1)
+    return class_maps, bag / (bag.sum(-1, keepdim=True) + 1e-6)
+
+
+def noisy_or_attention_loss(class_maps: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None, scale: float = 0.05, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over bags of the class-weighted binary cross-entropy between p_c = 1 − Π_i(1 − scale·a_ci)
+    and the one-hot label.
+
+    ``class_maps`` (B, C, N) in [0, 1]; ``labels`` (B,) class indices; ``class_weights`` (C, 2):
+    the weight of a negative and of a positive target for each class (the release: all/(2·neg)
+    and all/(2·pos)); None weighs every term 1. log(1 − p) = Σ log1p(−scale·a) is exact in log
+    space, and p is clamped away from 0 before its log, so the loss and its gradients are finite
+    for any N and for maps at exactly 0 or 1.
+    """
+    a = class_maps.float().clamp(0.0, 1.0)
+    log_miss = torch.log1p(-scale * a)  # log(1 - scale·a) per patch, ≥ log(1 - scale)
+    if patch_mask is not None:
+        log_miss = log_miss * patch_mask[:, None, :].to(log_miss.dtype)
+    log_none = log_miss.sum(-1)  # (B, C): log(1 - p)
+    p = (-torch.expm1(log_none)).clamp(1e-7, 1.0)  # clamp before the log: zero gradient, never NaN, at p = 0
+    target = torch.nn.functional.one_hot(labels, class_maps.shape[1]).to(a.dtype)
+    terms = -(target * torch.log(p) + (1 - target) * log_none.clamp_min(-100.0))
+    if class_weights is not None:
+        w = class_weights.to(a.dtype)
+        terms = terms * (target * w[:, 1] + (1 - target) * w[:, 0])
+    return terms.mean()
+
+
+def noisy_or_class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C, 2) weights of the noisy-OR loss for a training set's labels, as the release computes them:
+    for each class (a binary problem) all/(2·negatives) for a negative target, all/(2·positives) for
+    a positive one (a class absent from the labels gets weight 1 for both)."""
+    counts = torch.bincount(labels, minlength=n_classes).float()
+    total = counts.sum()
+    positive = torch.where(counts > 0, total / (2 * counts.clamp_min(1)), torch.ones_like(counts))
+    negative = torch.where(counts < total, total / (2 * (total - counts).clamp_min(1)), torch.ones_like(counts))
+    return torch.stack([negative, positive], dim=1)
