@@ -32,7 +32,7 @@ from persam_lib.io.yaml_files import YamlFileError, compose_yaml, node_value
 
 REQUIRED_KEYS = ("cohort", "clinical", "label", "fields")
 SAMPLE_KEYS = ("slides", "images")  # exactly one: the modality of the cohort
-OPTIONAL_KEYS = ("truth", "window")
+OPTIONAL_KEYS = ("truth", "window", "groups")
 SLIDE_COLUMNS = ("slide_id", "patient_id", "path")
 IMAGE_COLUMNS = ("image_id", "patient_id", "path")
 
@@ -214,7 +214,7 @@ def _read(path: Path, *, check_files: bool) -> tuple[Cohort | None, list[Problem
     if problems or schema is None or slides is None or clinical is None:
         return None, problems
     hidden = [f.name for f in schema.fields if f.identifying]
-    model_schema = FieldSchema(fields=tuple(f for f in schema.fields if not f.identifying), label=schema.label)
+    model_schema = FieldSchema(fields=tuple(f for f in schema.fields if not f.identifying), label=schema.label, groups=schema.groups)
     cohort = Cohort(
         name=str(raw["cohort"]), manifest_path=path, slides=slides, clinical=clinical.drop(columns=hidden),
         schema=model_schema, truth_path=truth_path, raw=raw, identifying=clinical[hidden], modality=modality,
@@ -290,7 +290,46 @@ def _parse_schema(path: Path, raw: dict[str, Any]) -> tuple[FieldSchema | None, 
         problems.append(Problem(path, f"the label column '{label.column}' is also listed as a field", "A field must not be the label; remove it from `fields`.", field="fields"))
     if problems or label is None:
         return None, problems
-    return FieldSchema(fields=tuple(specs), label=label), []
+    groups, group_problems = _parse_groups(path, raw.get("groups"), specs)
+    if group_problems:
+        return None, group_problems
+    return FieldSchema(fields=tuple(specs), label=label, groups=groups), []
+
+
+def _parse_groups(path: Path, raw: Any, specs: list[FieldSpec]) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], list[Problem]]:
+    """The optional ``groups: {name: [field, ...]}``: fields read together as one record token.
+
+    Every listed field must be a model input (declared, not identifying) and in one group only;
+    a field in no group forms a group of its own (`FieldSchema.record_groups`).
+    """
+    if raw is None:
+        return (), []
+    hint = "Give `groups: {interview: [age, sex], blood: [ldh]}`: each group a list of fields of `fields:`, each field in one group at most."
+    if not isinstance(raw, dict) or not raw:
+        return (), [Problem(path, "'groups' must be a non-empty mapping of group name to a list of fields", hint, field="groups")]
+    known = {s.name: s for s in specs}
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    groups = []
+    for name, members in raw.items():
+        where = f"groups.{name}"
+        if not isinstance(members, list) or not members:
+            problems.append(Problem(path, "a group needs a non-empty list of fields", hint, field=where))
+            continue
+        for member in map(str, members):
+            if member not in known:
+                problems.append(Problem(path, f"'{member}' is not a field of the manifest", f"Use fields listed under `fields:` ({sorted(known)}).", field=where))
+            elif known[member].identifying:
+                problems.append(Problem(path, f"'{member}' is marked identifying, so it is never a model input", "Remove it from the group.", field=where))
+            elif member in seen:
+                problems.append(Problem(path, f"'{member}' is already in group '{seen[member]}'", "Put each field in one group at most.", field=where))
+            else:
+                seen[member] = str(name)
+        groups.append((str(name), tuple(map(str, members))))
+    for name, members in groups:
+        if name in known and name not in members and name not in seen:
+            problems.append(Problem(path, f"the group name '{name}' is also a field outside the group (an ungrouped field is a group of its own, named after it)", "Rename the group.", field=f"groups.{name}"))
+    return tuple(groups), problems
 
 
 Source = tuple[Path, str, int | None]  # where a table is named: the manifest, its key and that key's line

@@ -66,6 +66,14 @@ class FieldSchema:
     fields: tuple[FieldSpec, ...]
     label: LabelSpec
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the manifest's `groups:`, (name, fields) in order
+
+    def record_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Every field in exactly one group: the manifest's groups in their order, then each field
+        that is in no group as a group of its own (named after it). What a model that reads the
+        record as one token per group (the published PersAM's "interview" and "blood" vectors) uses."""
+        grouped = {name for _, members in self.groups for name in members}
+        return [*self.groups, *((f.name, (f.name,)) for f in self.fields if f.name not in grouped)]
 
     @property
     def names(self) -> list[str]:
@@ -90,13 +98,16 @@ class FieldSchema:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the same shape as the manifest's `fields` and `label` keys)."""
-        return {
+        out = {
             "label": {"column": self.label.column, "classes": list(self.label.classes)},
             "fields": {
                 f.name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(f).items() if k != "name"}
                 for f in self.fields
             },
         }
+        if self.groups:
+            out["groups"] = {name: list(members) for name, members in self.groups}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FieldSchema":
@@ -114,7 +125,8 @@ class FieldSchema:
             )
             for name, spec in data["fields"].items()
         )
-        return cls(fields=fields, label=label)
+        groups = tuple((str(name), tuple(str(m) for m in members)) for name, members in (data.get("groups") or {}).items())
+        return cls(fields=fields, label=label, groups=groups)
 
 
 def is_missing(value: Any) -> bool:
