@@ -48,10 +48,20 @@ def test_wrong_architecture_and_missing_file_are_clear(tmp_path):
         create_encoder("vit_s16")
 
 
-def test_registry_lists_encoders():
-    assert {"stats", "resnet50_trunc", "vit_s16"} <= set(available_encoders())
-    with pytest.raises(ValueError, match="Available encoders: resnet50_trunc, stats, vit_s16"):
+def test_registry_lists_encoders(monkeypatch):
+    import sys
+
+    from persam_lib.features.encoders import PRESET_NAMES
+    from persam_lib.features.presets import PRESETS
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # the list below is the one without timm
+
+    assert {"stats", "resnet50_trunc", "vit_s16", "hf:<folder>", *PRESETS} <= set(available_encoders())
+    assert sorted(PRESET_NAMES) == sorted(PRESETS)  # the registry offers every preset, and only those
+    with pytest.raises(ValueError, match="Available encoders: conch_v1_5, h_optimus_0, hf:<folder>, prov_gigapath, resnet50_trunc, stats, uni, uni2_h, virchow2, vit_s16"):
         create_encoder("resnet9000")
+    with pytest.raises(ValueError, match="The 'stats' encoder has no weights"):
+        create_encoder("stats", weights="x.pth")
 
 
 def test_vit_interpolates_positions_for_256_pixel_patches():

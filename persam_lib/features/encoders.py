@@ -1,7 +1,18 @@
-"""Patch encoders, looked up by name: `create_encoder("stats")`.
+"""Patch encoders, looked up by name: `create_encoder("stats")`, `create_encoder("uni", weights=PATH)`.
 
 Every encoder maps a batch of RGB patches (B, S, S, 3) uint8 to features (B, D) float32 and
-carries a `name` and `dim`, which are written into each feature file.
+carries a `name` and `dim`, which are written into each feature file. The registry holds:
+
+- ``stats``: hand-made colour, stain and texture statistics (no weights);
+- ``resnet50_trunc``, ``vit_s16``: the usual baselines, weights from a local torchvision / timm file;
+- the foundation-model presets ``uni``, ``uni2_h``, ``virchow2``, ``h_optimus_0``,
+  ``prov_gigapath``, ``conch_v1_5`` (`persam_lib.features.presets`: architecture, read-out,
+  preprocessing and dimension of each), weights from a local file;
+- ``hf:<folder>``: a transformers vision model saved with ``save_pretrained``
+  (`persam_lib.features.hf_encoder`), e.g. Phikon or Phikon-v2;
+- ``timm:<model>``: any timm model, when ``import timm`` really works here.
+
+Nothing is ever downloaded: weights come from files the user names.
 """
 from __future__ import annotations
 
@@ -78,7 +89,7 @@ def _torch_encoder(name: str, build: Callable[[], "object"], ignore_prefixes: tu
         elif not random_init:
             raise WeightsError(
                 f"Encoder '{name}' needs weights: pass the path of a local state dict (torchvision / timm layout), "
-                "e.g. `persam extract ... --encoder {name} --weights resnet50.pth`. Nothing is downloaded."
+                f"e.g. `persam extract ... --encoder {name} --weights resnet50.pth`. Nothing is downloaded."
             )
         return TorchEncoder(name, model, model.dim, device)
 
@@ -97,38 +108,60 @@ def _vit_small16():
     return ViTSmall16()
 
 
+def _preset(name: str) -> Callable[..., Encoder]:
+    def factory(weights: str | None = None, random_init: bool = False, device: str | None = None, **options: object) -> Encoder:
+        from persam_lib.features.presets import preset_encoder
+
+        return preset_encoder(name, weights, random_init, device, **options)  # type: ignore[arg-type]
+
+    return factory
+
+
+PRESET_NAMES = ("uni", "uni2_h", "virchow2", "h_optimus_0", "prov_gigapath", "conch_v1_5")
+
 _REGISTRY: dict[str, Callable[..., Encoder]] = {
     "stats": StatsEncoder,
     "resnet50_trunc": _torch_encoder("resnet50_trunc", _resnet50_trunc, ignore_prefixes=("layer4.", "fc.")),
     "vit_s16": _torch_encoder("vit_s16", _vit_small16, ignore_prefixes=("head.", "fc_norm.")),
+    **{name: _preset(name) for name in PRESET_NAMES},
 }
 
 
-def _timm_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("timm") is not None
-
-
 def available_encoders() -> list[str]:
-    """Names `create_encoder` accepts (plus ``timm:<model>`` when timm is importable)."""
-    return sorted(_REGISTRY) + (["timm:<model name>"] if _timm_available() else [])
+    """Names `create_encoder` accepts: the registry, ``hf:<folder>``, and ``timm:<model name>`` when timm imports."""
+    from persam_lib.features.timm_backend import timm_available
+
+    return sorted([*_REGISTRY, "hf:<folder>"] + (["timm:<model name>"] if timm_available() else []))
 
 
 def create_encoder(name: str, **kwargs: object) -> Encoder:
     """Build the encoder registered under ``name``; an unknown name lists the valid ones.
 
-    ``stats`` needs no weights; ``resnet50_trunc`` and ``vit_s16`` take ``weights=PATH`` (a local
-    state dict in torchvision's / timm's layout); ``timm:<model>`` builds a timm model (when timm
-    is installed) from ``weights=PATH``.
+    ``stats`` needs no weights; ``resnet50_trunc``, ``vit_s16`` and the presets take
+    ``weights=PATH`` (a local state dict: .pth/.pt/.bin or .safetensors); ``hf:<folder>`` reads
+    the model, its read-out and preprocessing from the folder (``weights`` must stay empty);
+    ``timm:<model>`` builds a timm model from ``weights=PATH`` when timm can be imported.
     """
-    if name.startswith("timm:") and _timm_available():
+    if name.startswith("hf:"):
+        if kwargs.get("weights"):
+            raise ValueError(f"'{name}' reads its weights from the folder; drop --weights.")
+        from persam_lib.features.hf_encoder import hf_encoder
+
+        return hf_encoder(name, device=kwargs.get("device"))  # type: ignore[arg-type]
+    if name.startswith("timm:"):
+        from persam_lib.features.timm_backend import timm_import_error
+
+        problem = timm_import_error()
+        if problem:
+            raise ValueError(
+                f"Encoder '{name}' needs timm, which cannot be imported here ({problem}). "
+                f"The presets ({', '.join(PRESET_NAMES)}) and hf:<folder> work without it."
+            )
         return _timm_encoder(name.removeprefix("timm:"), **kwargs)  # type: ignore[arg-type]
     if name not in _REGISTRY:
         raise ValueError(f"Unknown encoder '{name}'. Available encoders: {', '.join(available_encoders())}.")
     if name == "stats" and kwargs.get("weights"):
         raise ValueError("The 'stats' encoder has no weights; drop --weights or choose another encoder.")
-    kwargs = {k: v for k, v in kwargs.items() if v is not None or name != "stats"}
     return _REGISTRY[name](**{k: v for k, v in kwargs.items() if name != "stats"})
 
 
