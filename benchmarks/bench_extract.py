@@ -31,8 +31,10 @@ def _make_slides(folder: Path, n: int) -> list[Path]:
 def reading(path: Path) -> list[Row]:
     import tifffile
 
-    from persam_lib.features.extract import ExtractConfig, plan_slide, read_patch
-    from persam_lib.slides.reader import OpenSlideReader
+    from persam_lib.features.config import ExtractConfig
+
+    from persam_lib.features.extract import plan_slide, read_patch
+    from persam_lib.slides.openslide_reader import OpenSlideReader
     from persam_lib.slides.tiled_tiff import TiledTiffReader
 
     with OpenSlideReader(str(path)) as slide:
@@ -75,8 +77,9 @@ def reading(path: Path) -> list[Row]:
 def end_to_end(folder: Path, paths: list[Path]) -> list[Row]:
     from persam_lib.cohort.manifest import load_manifest
     from persam_lib.features.encoders import create_encoder
-    from persam_lib.features.extract import ExtractConfig, extract, plan_slide, read_patch
-    from persam_lib.slides.reader import open_slide
+    from persam_lib.features.config import ExtractConfig
+    from persam_lib.features.extract import extract, plan_slide, read_patch
+    from persam_lib.slides.factory import open_slide
 
     _write_manifest(folder, paths)
     cohort = load_manifest(folder / "manifest.yaml")

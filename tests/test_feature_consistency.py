@@ -14,7 +14,8 @@ import pytest
 
 from persam_lib.cli import main
 from persam_lib.features.consistency import FeatureMismatchError, check_feature_folder
-from persam_lib.features.extract import ExtractConfig, extract
+from persam_lib.features.config import ExtractConfig
+from persam_lib.features.extract import extract
 from persam_lib.features.importing import import_features
 from persam_lib.features.settings import extraction_settings, setting_differences
 from persam_lib.features.store import FeatureFileError, SlideFeatures, read_extraction, read_features, write_features

@@ -444,7 +444,8 @@ def test_a_folder_that_is_not_a_vision_model_is_a_clear_error(tmp_path):
 
 
 def test_persam_extract_runs_an_hf_folder_end_to_end(tiny_cohort, tmp_path):
-    from persam_lib.features.extract import ExtractConfig, extract
+    from persam_lib.features.config import ExtractConfig
+    from persam_lib.features.extract import extract
     from persam_lib.features.store import feature_path, read_features
 
     _tiny_hf("dinov2_with_registers", tmp_path / "model")

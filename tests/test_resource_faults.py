@@ -227,7 +227,7 @@ def test_reader_workers_die_with_a_killed_extraction(tiny_cohort, tmp_path):
 def test_a_dask_task_raises_a_full_disk_instead_of_charging_one_slide(tiny_cohort, tmp_path, monkeypatch):
     import persam_lib.features.products as products
     from persam_lib.features.distributed import extract_one_slide
-    from persam_lib.features.extract import ExtractConfig
+    from persam_lib.features.config import ExtractConfig
     from persam_lib.features.products import WriteStopped
 
     row = tiny_cohort.slides.iloc[0]
@@ -241,7 +241,7 @@ def test_a_dask_task_raises_a_full_disk_instead_of_charging_one_slide(tiny_cohor
 
 
 def test_extraction_settings_are_checked_when_made():
-    from persam_lib.features.extract import ExtractConfig
+    from persam_lib.features.config import ExtractConfig
 
     with pytest.raises(ValueError, match=r"The 'batch_size' parameter \(--batch-size\) must be an int >= 1. Got 0 instead."):
         ExtractConfig(batch_size=0)

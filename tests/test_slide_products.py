@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from persam_lib.cli import main
-from persam_lib.features.extract import ExtractConfig, extract
+from persam_lib.features.config import ExtractConfig
+from persam_lib.features.extract import extract
 from persam_lib.features.products import load_tissue_mask, mask_path, read_failures, save_mask, slide_done, write_failures
 from persam_lib.features.settings import extraction_settings
 from persam_lib.features.store import is_complete, read_extraction

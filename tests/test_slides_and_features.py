@@ -3,11 +3,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from persam_lib.cohort.truth import load_truth
 from persam_lib.features.encoders import create_encoder
-from persam_lib.features.extract import ExtractConfig, extract, extract_slide
+from persam_lib.features.config import ExtractConfig
+from persam_lib.features.extract import extract, extract_slide
 from persam_lib.features.store import SlideFeatures, is_complete, read_features, write_features
+from persam_lib.slides.base import SlideError, downsample
+from persam_lib.slides.factory import open_slide
+from persam_lib.slides.memory import InMemorySlideReader
 from persam_lib.slides.patching import PatchConfig, mask_fraction, patch_grid
-from persam_lib.slides.reader import InMemorySlideReader, SlideError, open_slide
 from persam_lib.slides.tissue import tissue_mask
 
 
@@ -19,8 +23,8 @@ def test_coords_are_inside_the_slide_and_on_tissue(tiny_cohort, tiny_features, t
         assert len(data.coords) > 5
         assert (data.coords >= 0).all()
         assert (data.coords[:, 0] + data.patch_size <= width).all() and (data.coords[:, 1] + data.patch_size <= height).all()
-        truth = np.asarray(Image.open(tiny_cohort_dir / "truth" / "masks" / f"{row.slide_id}.png")) > 0
-        on_tissue = mask_fraction(truth, 4, data.coords, data.patch_size)
+        truth = load_truth(tiny_cohort)
+        on_tissue = mask_fraction(truth.mask(row.slide_id) > 0, truth.mask_downsample, data.coords, data.patch_size)
         assert on_tissue.min() > 0.3 and on_tissue.mean() > 0.8
 
 
@@ -125,6 +129,29 @@ def test_in_memory_reader_and_no_tissue_error():
     assert data.features.shape == (len(data.coords), 26) and np.isfinite(data.features).all()
 
 
+def test_pyramid_levels_are_block_means_and_the_in_memory_reader_uses_them():
+    image = np.random.default_rng(0).integers(0, 256, (67, 130, 3), dtype=np.uint8)
+    reduced = downsample(image, 4)
+    blocks = image[:64, :128].reshape(16, 4, 32, 4, 3).astype(float).mean(axis=(1, 3))
+    assert reduced.shape == (16, 32, 3) and np.abs(reduced - blocks).max() <= 0.5 + 1e-9  # the mean, rounded
+    thumb, ds = InMemorySlideReader(image, downsamples=(1, 4)).thumbnail(4)
+    assert ds == 4.0
+    np.testing.assert_array_equal(thumb, reduced)
+
+
+def test_extract_command_reads_its_defaults_from_the_config_dataclasses(monkeypatch):
+    """Defaults are declared once, on PatchConfig / ExtractConfig: changing one there changes the CLI."""
+    from persam_lib.cli import build_parser
+
+    changed = {(PatchConfig, "patch_size"): 224, (PatchConfig, "mpp"): 0.25, (PatchConfig, "stride"): 112, (PatchConfig, "min_tissue_fraction"): 0.3,
+               (ExtractConfig, "batch_size"): 17, (ExtractConfig, "num_workers"): 3, (ExtractConfig, "encoder"): "resnet50_trunc", (ExtractConfig, "reader_backend"): "openslide"}
+    for (cls, name), value in changed.items():
+        monkeypatch.setattr(cls, name, value)
+    args = build_parser().parse_args(["extract", "manifest.yaml", "--out", "features"])
+    assert (args.patch_size, args.mpp, args.stride, args.min_tissue) == (224, 0.25, 112, 0.3)
+    assert (args.batch_size, args.readers, args.encoder, args.reader_backend) == (17, 3, "resnet50_trunc", "openslide")
+
+
 def test_openslide_reader_errors_name_the_file(tmp_path):
     with pytest.raises(SlideError, match="does not exist"):
         open_slide(tmp_path / "absent.svs")
@@ -158,7 +185,7 @@ def test_stats_encoder_separates_nuclear_size():
 
 
 def test_fast_tiled_tiff_path_returns_the_same_pixels_as_openslide(tiny_cohort):
-    from persam_lib.slides.reader import OpenSlideReader
+    from persam_lib.slides.openslide_reader import OpenSlideReader
     from persam_lib.slides.tiled_tiff import TiledTiffReader
 
     path = tiny_cohort.slides["path"].iloc[0]
@@ -181,7 +208,7 @@ def test_a_corrupt_tile_fails_only_its_slide(tiny_cohort, tmp_path):
 
     import tifffile
 
-    from persam_lib.features.extract import ExtractConfig
+    from persam_lib.features.config import ExtractConfig
 
     broken = tmp_path / "broken.tiff"
     shutil.copy(tiny_cohort.slides["path"].iloc[0], broken)

@@ -16,12 +16,13 @@ from tqdm import tqdm
 
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.features.encoders import Encoder, create_encoder
-from persam_lib.features.extract import ExtractConfig, ExtractSummary, check_encoded, extract_slide, prepare_run
+from persam_lib.features.config import ExtractConfig
+from persam_lib.features.extract import ExtractSummary, check_encoded, extract_slide, prepare_run
 from persam_lib.features.products import MASKS, WriteStopped, stopping_errno, write_failures, write_slide_products
 from persam_lib.features.settings import extraction_settings
 from persam_lib.io.locks import output_lock
 from persam_lib.io.paths import check_writable_folder
-from persam_lib.slides.reader import open_slide
+from persam_lib.slides.factory import open_slide
 
 
 def extract_distributed(

@@ -24,48 +24,20 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from persam_lib.cohort.manifest import Cohort
+from persam_lib.features.config import ExtractConfig
 from persam_lib.features.consistency import check_rerun
 from persam_lib.features.encoders import Encoder, create_encoder
 from persam_lib.features.products import MASKS, WriteStopped, remove_slide_products, slide_done, write_failures, write_slide_products
-from persam_lib.features.products import load_tissue_mask, save_mask  # noqa: F401  (public here too: notebooks and explain import them from extract)
 from persam_lib.features.settings import extraction_settings
 from persam_lib.features.store import SlideFeatures
 from persam_lib.features.workers import ReaderKilledError, is_worker_killed, killed_error, reader_worker_init
 from persam_lib.io.atomic import remove_stale_temps, write_json_atomic
 from persam_lib.io.locks import output_lock
 from persam_lib.io.paths import check_writable_folder
+from persam_lib.slides.base import SlideReader
+from persam_lib.slides.factory import open_slide
 from persam_lib.slides.patching import PatchConfig, PatchPlan, patch_grid, plan_patches
-from persam_lib.slides.reader import SlideReader, open_slide
 from persam_lib.slides.tissue import TissueConfig, tissue_mask
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """How features are extracted; saved as ``extract_config.json`` beside the features."""
-
-    encoder: str = "stats"
-    encoder_weights: str | None = None  # local weight file for CNN/ViT encoders
-    patch: PatchConfig = field(default_factory=PatchConfig)
-    tissue: TissueConfig = field(default_factory=TissueConfig)
-    thumbnail_downsample: float = 16.0  # tissue is segmented on the level nearest this downsample
-    batch_size: int = 64
-    num_workers: int = -1  # patch-reading processes; -1 = one per CPU but one, 0 = read in the main process
-    reader_backend: str = "auto"  # "auto" (fast tiled-TIFF path when possible), "openslide"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"The 'batch_size' parameter (--batch-size) must be an int >= 1. Got {self.batch_size!r} instead.")
-        if not isinstance(self.num_workers, int) or self.num_workers < -1:
-            raise ValueError(f"The 'num_workers' parameter (--readers) must be -1 (one per CPU but one), 0 (read in the main process) or a positive int. Got {self.num_workers!r} instead.")
-        if not self.thumbnail_downsample > 0:
-            raise ValueError(f"The 'thumbnail_downsample' parameter must be > 0. Got {self.thumbnail_downsample!r} instead.")
-        if self.reader_backend not in ("auto", "openslide"):
-            raise ValueError(f"The 'reader_backend' parameter (--reader-backend) must be 'auto' or 'openslide'. Got {self.reader_backend!r} instead.")
-
-    def workers(self) -> int:
-        if self.num_workers >= 0:
-            return self.num_workers
-        return max((os.cpu_count() or 1) - 1, 1)
 
 
 @dataclass

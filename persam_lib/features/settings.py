@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from persam_lib.io.paths import input_file_problem
 
 if TYPE_CHECKING:  # extract.py imports this module
-    from persam_lib.features.extract import ExtractConfig
+    from persam_lib.features.config import ExtractConfig
     from persam_lib.features.store import SlideFeatures
 
 UNRECORDED = "unrecorded"  # the source of a file written without a record (an older persam, a foreign tool)

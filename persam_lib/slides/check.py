@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from persam_lib.cohort.manifest import Cohort
-from persam_lib.slides.reader import SlideError, SlideReader, open_slide
+from persam_lib.slides.base import SlideError, SlideReader
+from persam_lib.slides.factory import open_slide
 
 TILE = 256  # side of the region decoded per level (smaller when the level is smaller)
 MAX_SIDE = 1_000_000  # pixels; no scanner writes a level this large

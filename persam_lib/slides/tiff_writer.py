@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image
 
 from persam_lib.io.atomic import atomic_path
+from persam_lib.slides.base import downsample
 
 
 def write_pyramidal_tiff(
@@ -38,7 +38,7 @@ def write_pyramidal_tiff(
     pixels_per_cm = 1e4 / mpp
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=level0_rgb.nbytes > 2**31) as tif:
         for i, ds in enumerate(downsamples):
-            level = level0_rgb if ds == 1 else _downsample(level0_rgb, ds)
+            level = level0_rgb if ds == 1 else downsample(level0_rgb, ds)
             tif.write(
                 level,
                 photometric="rgb",
@@ -53,8 +53,3 @@ def write_pyramidal_tiff(
             )
     return path
 
-
-def _downsample(image: np.ndarray, factor: int) -> np.ndarray:
-    """Box-filter downsample by an integer factor (the mean of each factor x factor block)."""
-    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    return np.asarray(Image.fromarray(np.ascontiguousarray(image[:h, :w])).reduce(factor))

@@ -3,8 +3,9 @@
 OpenSlide's ``read_region`` re-decodes every stored tile a region touches, for every region.
 This reader decodes each stored JPEG tile once (tifffile + libjpeg-turbo through imagecodecs;
 decoding releases the GIL, so threads scale), keeps decoded tiles in a small LRU cache, and cuts
-patches from them. Pyramid geometry and resolution come from OpenSlide, so both readers agree on
-levels and microns per pixel, and tests check that they return identical pixels.
+patches from them. Pyramid geometry and resolution come from OpenSlide (through `base`, the only
+slides module it imports), so both readers agree on levels and microns per pixel, and tests check
+that they return identical pixels.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tifffile
 
-from persam_lib.slides.reader import OpenSlideReader, SlideError, read_level, thumbnail_level
+from persam_lib.slides.base import SlideError, open_openslide, read_level, resolve_mpp, thumbnail_level
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs")
 
@@ -39,10 +40,13 @@ class TiledTiffReader:
         except (tifffile.TiffFileError, OSError) as err:
             raise FastPathUnsupported(f"{self.path}: not a readable TIFF ({err}).") from err
         try:
-            with OpenSlideReader(self.path, self.mpp_override) as reference:
-                self.level_dimensions = reference.level_dimensions
-                self.level_downsamples = reference.level_downsamples
-                self.mpp = reference.mpp
+            reference = open_openslide(self.path)
+            try:
+                self.level_dimensions = tuple(reference.level_dimensions)
+                self.level_downsamples = tuple(float(d) for d in reference.level_downsamples)
+                self.mpp = resolve_mpp(self.path, reference.properties, self.mpp_override)
+            finally:
+                reference.close()
             self._pages = [self._page_for(dims) for dims in self.level_dimensions]
         except BaseException:
             self._tif.close()
