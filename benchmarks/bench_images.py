@@ -24,7 +24,7 @@ def _steps(name: str, device: torch.device, train_batch: int = 16, infer_batch: 
     from persam_lib.models import Batch, ModelConfig, create_model
 
     torch.manual_seed(0)
-    config = ModelConfig(feature_dim=1, n_classes=2, field_cardinalities=(0, 2, 2, 0), input_kind="image", image_size=IMAGE_SIZE, patch_size=16)
+    config = ModelConfig(feature_dim=1, n_classes=2, field_cardinalities=(0, 2, 2, 0), input_kind="image", image_size=IMAGE_SIZE, grid_cell=16)
     model = create_model(name, config).to(device)
     optimiser = torch.optim.AdamW(model.parameters())
     batch = lambda b: Batch.of_images(torch.randn(b, 1, IMAGE_SIZE, IMAGE_SIZE), torch.tensor([[1, 1, 2, 1]] * b), torch.zeros(b, 4)).to(device)  # noqa: E731

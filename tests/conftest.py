@@ -39,7 +39,7 @@ def tiny_features(tiny_cohort, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_cohort, tiny_features, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run") / "persam"
-    config = TrainConfig(model="persam", n_folds=2, epochs=3, patience=3, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1)
+    config = TrainConfig.of(model="persam", n_folds=2, epochs=3, patience=3, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1)
     return train_cross_validated(tiny_cohort, tiny_features, out, config, progress=False)
 
 

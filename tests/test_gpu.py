@@ -70,7 +70,7 @@ def test_every_image_model_trains_under_bf16_autocast(name):
     """2-D images on the GPU: CNN stems under bf16 autocast, attention over the patch grid still sums to 1."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    config = ModelConfig(feature_dim=1, n_classes=2, field_cardinalities=(0, 2, 3), d_model=32, n_heads=4, input_kind="image", image_size=128, patch_size=16)
+    config = ModelConfig(feature_dim=1, n_classes=2, field_cardinalities=(0, 2, 3), d_model=32, n_heads=4, input_kind="image", image_size=128, grid_cell=16)
     model = create_model(name, config).to(device)
     batch = Batch.of_images(torch.randn(8, 1, 128, 128), torch.tensor([[1, 1, 2]] * 8), torch.zeros(8, 3)).to(device)
     with autocast(device):

@@ -9,7 +9,7 @@ from persam_lib.models import MODEL_INFO, Batch, ModelConfig, available_models, 
 from persam_lib.models.cnn import ConvBackbone, PatchGridEncoder, cell_coords, cells_to_tokens
 from persam_lib.models.mma_mgmu import parse_stages
 
-CONFIG = ModelConfig(feature_dim=1, n_classes=3, field_cardinalities=(0, 2, 3), d_model=16, n_heads=2, n_layers=2, dropout=0.0, input_kind="image", image_size=64, patch_size=16)
+CONFIG = ModelConfig(feature_dim=1, n_classes=3, field_cardinalities=(0, 2, 3), d_model=16, n_heads=2, n_layers=2, dropout=0.0, input_kind="image", image_size=64, grid_cell=16)
 CELLS = (64 // 16) ** 2
 IMAGE_MODELS = available_models("image")
 
@@ -43,8 +43,8 @@ def test_the_registry_says_which_models_run_on_images():
     assert "cnn" not in available_models("features")
     with pytest.raises(ValueError, match="does not run on slides.*abmil"):
         create_model("cnn", replace(CONFIG, input_kind="features", feature_dim=12))
-    with pytest.raises(ValueError, match="patch_size must be a power of two"):
-        replace(CONFIG, patch_size=12)
+    with pytest.raises(ValueError, match="The model setting 'grid_cell' must be a power of two >= 4. Got 12 instead"):
+        replace(CONFIG, grid_cell=12)
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)
@@ -103,13 +103,11 @@ def test_one_image_under_several_records_equals_the_image_repeated(name):
 
 
 def test_small_widths_and_the_stages_mma_may_steer_are_checked_up_front():
-    from persam_lib.train.loop import TrainConfig
-
     for name in ("persam", "cnn", "mma_mgmu"):  # stems keep at least 8 channels; the bag model reads what the stem makes
         assert create_model(name, replace(CONFIG, d_model=4, n_heads=2)).eval()(_batch()).logits.shape == (3, 3)
-    with pytest.raises(ValueError, match="ehr_stages.*1 to 3"):
-        TrainConfig(model="mma_mgmu", patch_size=8)  # three stages: '3,4' names a fourth
-    assert TrainConfig(model="persam", patch_size=8).ehr_stages == "3,4"  # only MMA-MGMU reads it
+    with pytest.raises(ValueError, match=r"ehr_stages '3,4': the CNN has stages 1\.\.3 \(one per halving of grid_cell\)"):
+        create_model("mma_mgmu", replace(CONFIG, grid_cell=8))  # three stages: '3,4' names a fourth
+    assert create_model("persam", replace(CONFIG, grid_cell=8)) is not None  # only MMA-MGMU reads ehr_stages: its default is no error elsewhere
 
 
 def test_rgb_images_run_with_three_channels():
@@ -203,8 +201,8 @@ def test_each_image_model_learns_a_visible_texture_above_chance(name):
     encoder = RecordEncoder(FieldSchema((FieldSpec("sex", "categorical", ("F", "M")),), LabelSpec("y", ("0", "1")))).fit(records)
     normaliser = FeatureNormaliser.fit(bags[:64])
     torch.manual_seed(0)
-    config = ModelConfig(feature_dim=1, n_classes=2, field_cardinalities=encoder.cardinalities, d_model=16, n_heads=2, dropout=0.0, input_kind="image", image_size=32, patch_size=8, ehr_stages="2,3")
-    model, history = fit(create_model(name, config), bags[:64], bags[64:80], records, encoder, normaliser, TrainConfig(model=name, epochs=25, patience=25, batch_size=8, dropout=0.0), 2)
+    config = ModelConfig(feature_dim=1, n_classes=2, field_cardinalities=encoder.cardinalities, d_model=16, n_heads=2, dropout=0.0, input_kind="image", image_size=32, grid_cell=8, ehr_stages="2,3")
+    model, history = fit(create_model(name, config), bags[:64], bags[64:80], records, encoder, normaliser, TrainConfig(model=name, epochs=25, patience=25, batch_size=8), 2)  # the model config holds dropout
     probs = evaluate(model, bags[80:], records, encoder, normaliser, torch.device("cpu"))
     accuracy = (probs.argmax(1) == np.array([b.y for b in bags[80:]])).mean()
     assert accuracy >= 0.75, accuracy

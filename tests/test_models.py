@@ -86,7 +86,7 @@ def test_persam_field_attention_sums_to_one_and_missing_values_work():
 
 
 def test_unknown_model_lists_the_registry():
-    with pytest.raises(ValueError, match="Available models: abmil, chexradinet, clinical_only, cnn, cnn_concat, concat, mma_mgmu, persam, transmil"):
+    with pytest.raises(ValueError, match="Available models: abmil, chexradinet, clinical_only, cnn, cnn_concat, concat, mma_mgmu, persam, persam_paper, transmil"):
         create_model("transformer9000", CONFIG)
 
 
@@ -158,8 +158,8 @@ def test_persam_attention_modes():
     full = create_model("persam", replace(CONFIG, patch_attention="full"))
     bipartite = create_model("persam", replace(CONFIG, patch_attention="bipartite"))
     assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in bipartite.parameters())  # same weights, other wiring
-    with pytest.raises(ValueError, match="'full' or 'bipartite'"):
-        create_model("persam", replace(CONFIG, patch_attention="sparse"))
+    with pytest.raises(ValueError, match="The model setting 'patch_attention' must be 'bipartite' or 'full'. Got 'sparse' instead"):
+        replace(CONFIG, patch_attention="sparse")  # checked once, where the setting is declared
 
 
 def _dense_attention(block, globals_, patches, patch_mask, bipartite):

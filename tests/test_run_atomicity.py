@@ -19,7 +19,7 @@ from persam_lib.train.loop import TrainConfig
 from persam_lib.train.run import Run, comparison_table, train_cross_validated
 
 PERSAM = Path(sys.executable).parent / "persam"
-TINY = TrainConfig(model="persam", n_folds=2, epochs=1, patience=1, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1)
+TINY = TrainConfig.of(model="persam", n_folds=2, epochs=1, patience=1, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1)
 TINY_FLAGS = ["--folds", "2", "--epochs", "1", "--set", "patience=1", "--set", "val_fraction=0.25", "--set", "d_model=16", "--set", "n_heads=2", "--set", "n_layers=1"]
 
 

@@ -42,7 +42,7 @@ def test_each_model_learns_above_chance(name):
     train, val, test = bags[:100], bags[100:120], bags[120:]
     encoder = RecordEncoder(schema).fit(records)
     normaliser = FeatureNormaliser.fit(train)
-    config = TrainConfig(model=name, epochs=40, patience=40, batch_size=8, lr=3e-3, dropout=0.0)
+    config = TrainConfig(model=name, epochs=40, patience=40, batch_size=8, lr=3e-3)  # dropout is the model config's
     model = create_model(name, ModelConfig(feature_dim=4, n_classes=2, field_cardinalities=encoder.cardinalities, d_model=16, n_heads=2, n_layers=2, dropout=0.0))
     model, history = fit(model, train, val, records, encoder, normaliser, config, 2)
     probs = evaluate(model, test, records, encoder, normaliser, torch.device("cpu"))
@@ -57,7 +57,7 @@ def test_persam_uses_the_record_where_image_only_cannot():
     train, val, test = bags[:160], bags[160:190], bags[190:]
     encoder = RecordEncoder(schema).fit(records)
     normaliser = FeatureNormaliser.fit(train)
-    config = TrainConfig(model="persam", epochs=60, patience=60, batch_size=8, lr=3e-3, dropout=0.0)
+    config = TrainConfig(model="persam", epochs=60, patience=60, batch_size=8, lr=3e-3)
     model = create_model("persam", ModelConfig(feature_dim=4, n_classes=2, field_cardinalities=encoder.cardinalities, d_model=16, n_heads=2, n_layers=2, dropout=0.0))
     model, _ = fit(model, train, val, records, encoder, normaliser, config, 2)
     probs = evaluate(model, test, records, encoder, normaliser, torch.device("cpu"))
@@ -108,7 +108,7 @@ def test_run_directory_contract(tiny_run: Run, tiny_cohort):
 def test_training_resumes_and_is_deterministic(tiny_cohort, tiny_features, tmp_path):
     from persam_lib.train.run import train_cross_validated
 
-    config = TrainConfig(model="persam", n_folds=2, epochs=2, patience=2, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1)
+    config = TrainConfig.of(model="persam", n_folds=2, epochs=2, patience=2, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1)
     a = train_cross_validated(tiny_cohort, tiny_features, tmp_path / "a", config, progress=False)
     b = train_cross_validated(tiny_cohort, tiny_features, tmp_path / "b", config, progress=False)
     pd.testing.assert_frame_equal(a.predictions, b.predictions)
@@ -131,7 +131,7 @@ def test_an_interrupted_fold_resumes_from_its_last_finished_epoch(tiny_cohort, t
     from persam_lib.train import loop
     from persam_lib.train.run import train_cross_validated
 
-    config = TrainConfig(model="persam", n_folds=2, epochs=4, patience=4, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1)  # dropout on: RNG state matters
+    config = TrainConfig.of(model="persam", n_folds=2, epochs=4, patience=4, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1)  # dropout on: RNG state matters
     whole = train_cross_validated(tiny_cohort, tiny_features, tmp_path / "whole", config, progress=False)
     real_save = loop._LoopState.save
     saved_epochs, armed = [], [True]

@@ -64,20 +64,20 @@ def balanced_softmax(scores: torch.Tensor, n_patches: int, n_record: int, patch_
     return torch.cat([w * shares[..., g : g + 1] for g, w in enumerate(weights)], dim=-1)
 
 
-def aggregator_maps(scores: torch.Tensor, n_patches: int, n_record: int, n_classes: int, patch_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The multimodal aggregator's maps from one head's raw scores (B, T, T).
+def aggregator_maps(rows: torch.Tensor, n_patches: int, n_record: int, n_classes: int, patch_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The multimodal aggregator's maps from one head's raw scores of the record and class queries:
+    ``rows`` (B, R + C, T), the last R + C rows of the (T, T) score matrix (only they are needed).
 
     Returns (class_maps (B, C, N), bag_map (B, N)): class_maps[c, i] = σ(s[c, i]) ·
     mean_r σ(s[r, i]) · mean_r σ(s[c, r]) (values in [0, 1], zero on padded patches); bag_map is
     the maximum over classes normalised to sum to 1 over the real patches (what pools the patches).
     """
-    a = torch.sigmoid(scores.float())
+    a = torch.sigmoid(rows.float())
     patches = slice(0, n_patches)
-    record = slice(n_patches, n_patches + n_record)
-    classes = slice(n_patches + n_record, n_patches + n_record + n_classes)
-    record_to_patch = a[:, record, patches].mean(1, keepdim=True)  # (B, 1, N)
-    class_to_record = a[:, classes, record].mean(2, keepdim=True)  # (B, C, 1)
-    class_maps = a[:, classes, patches] * record_to_patch * class_to_record  # (B, C, N)
+    record_keys = slice(n_patches, n_patches + n_record)
+    record_to_patch = a[:, :n_record, patches].mean(1, keepdim=True)  # (B, 1, N)
+    class_to_record = a[:, n_record : n_record + n_classes, record_keys].mean(2, keepdim=True)  # (B, C, 1)
+    class_maps = a[:, n_record : n_record + n_classes, patches] * record_to_patch * class_to_record  # (B, C, N)
     if patch_mask is not None:
         class_maps = class_maps * patch_mask[:, None, :].to(class_maps.dtype)
     bag = class_maps.amax(1)

@@ -126,8 +126,8 @@ class ChexRadiNetImage(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.region_fraction = config.region_fraction
-        self.patch_size = config.patch_size
-        self.backbone = ConvBackbone(config.feature_dim, config.d_model, config.patch_size)
+        self.grid_cell = config.grid_cell
+        self.backbone = ConvBackbone(config.feature_dim, config.d_model, config.grid_cell)
         n = len(self.backbone.stages)
         self.stage_triplets = nn.ModuleDict({str(i): TripletAttention() for i in range(max(n - 2, 0), n)})  # after the last two stages
         self.project = nn.Conv2d(self.backbone.out_dim, config.d_model, 1)
@@ -154,7 +154,7 @@ class ChexRadiNetImage(nn.Module):
         """Radiomics of the input pixels (B, S, S) inside the top ``region_fraction`` of cells by
         attention, computed on the model's device for the whole batch at once."""
         b, n = attention.shape
-        g, p = int(round(n**0.5)), self.patch_size
+        g, p = int(round(n**0.5)), self.grid_cell
         k = max(int(round(self.region_fraction * n)), 1)
         cells = torch.zeros(b, n, dtype=torch.bool, device=attention.device)
         cells.scatter_(1, torch.topk(attention, k, dim=-1).indices, True)

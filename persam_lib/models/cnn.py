@@ -1,7 +1,7 @@
 """Convolutional image stems: how a 2-D image becomes the grid of patch tokens the models attend over.
 
 Every image model's attention is over the same grid: the model input (S × S pixels) cut into
-patches of ``patch_size`` pixels, (S / P)² cells in row-major order, each with its top-left
+cells of ``grid_cell`` pixels (`ModelSettings.grid_cell`), (S / P)² cells in row-major order, each with its top-left
 corner in model pixels as its coordinate. So `ModelOutput.patch_attention` means the same thing
 for slides (a map over tissue patches) and images (a map over image cells), and every analysis of
 attention runs unchanged.
@@ -38,11 +38,11 @@ def conv_stage(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class ConvBackbone(nn.Module):
-    """``log2(patch_size)`` stride-2 stages: (B, C, S, S) → (B, d_model, S/P, S/P), one cell per patch."""
+    """``log2(grid_cell)`` stride-2 stages: (B, C, S, S) → (B, d_model, S/P, S/P), one cell per patch."""
 
-    def __init__(self, in_channels: int, d_model: int, patch_size: int):
+    def __init__(self, in_channels: int, d_model: int, grid_cell: int):
         super().__init__()
-        n = int(math.log2(patch_size))
+        n = int(math.log2(grid_cell))
         widths = stage_widths(d_model, n)
         self.stages = nn.ModuleList(conv_stage(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths))
         self.out_dim = widths[-1]
@@ -57,26 +57,26 @@ class ConvBackbone(nn.Module):
 class PatchGridEncoder(nn.Module):
     """Each P × P patch encoded on its own by a small CNN and average-pooled: (B, C, S, S) → (B, N, d_model)."""
 
-    def __init__(self, in_channels: int, d_model: int, patch_size: int):
+    def __init__(self, in_channels: int, d_model: int, grid_cell: int):
         super().__init__()
-        self.patch_size = patch_size
-        n = int(math.log2(patch_size)) - 1  # stop at 2 × 2 per patch, then pool
+        self.grid_cell = grid_cell
+        n = int(math.log2(grid_cell)) - 1  # stop at 2 × 2 per patch, then pool
         widths = stage_widths(d_model, n)
         self.stages = nn.Sequential(*(conv_stage(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths)))
         self.out_dim = widths[-1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b, c, s, _ = images.shape
-        p, g = self.patch_size, s // self.patch_size
+        p, g = self.grid_cell, s // self.grid_cell
         patches = images.reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b * g * g, c, p, p)
         return self.stages(patches).mean((2, 3)).reshape(b, g * g, -1)
 
 
-def cell_coords(image_size: int, patch_size: int, device: torch.device | None = None) -> torch.Tensor:
+def cell_coords(image_size: int, grid_cell: int, device: torch.device | None = None) -> torch.Tensor:
     """Top-left [x, y] (N, 2) of every cell of the patch grid, row-major, in model pixels."""
-    g = image_size // patch_size
+    g = image_size // grid_cell
     ys, xs = torch.meshgrid(torch.arange(g, device=device), torch.arange(g, device=device), indexing="ij")
-    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1) * patch_size
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1) * grid_cell
 
 
 def cells_to_tokens(grid: torch.Tensor) -> torch.Tensor:
@@ -97,7 +97,7 @@ class ImageModel(nn.Module):
     def __init__(self, stem: nn.Module, inner: nn.Module, config: ModelConfig, name: str = "image model"):
         super().__init__()
         self.stem, self.inner, self.name = stem, inner, name
-        self.register_buffer("coords", cell_coords(config.image_size, config.patch_size), persistent=False)
+        self.register_buffer("coords", cell_coords(config.image_size, config.grid_cell), persistent=False)
 
     def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
         images = require_images(batch, self.name)

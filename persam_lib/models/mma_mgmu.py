@@ -122,7 +122,7 @@ def parse_stages(text: str, n_stages: int) -> tuple[int, ...]:
     except ValueError:
         raise ValueError(f"ehr_stages must be comma-separated stage numbers like '3,4', got {text!r}") from None
     if not stages or stages[0] < 1 or stages[-1] > n_stages:
-        raise ValueError(f"ehr_stages {text!r}: the CNN has stages 1..{n_stages} (one per halving of patch_size); name at least one")
+        raise ValueError(f"ehr_stages {text!r}: the CNN has stages 1..{n_stages} (one per halving of grid_cell); name at least one")
     return tuple(s - 1 for s in stages)
 
 
@@ -136,7 +136,7 @@ class MMAMGMUImage(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         d = config.d_model
-        self.backbone = ConvBackbone(config.feature_dim, d, config.patch_size)
+        self.backbone = ConvBackbone(config.feature_dim, d, config.grid_cell)
         self.steered = parse_stages(config.ehr_stages, len(self.backbone.stages))
         widths = [stage[0].out_channels for stage in self.backbone.stages]
         self.gates = nn.ModuleDict({str(i): EHRSpatialAttention(widths[i], d, max(widths[i] // 2, 8)) for i in self.steered})

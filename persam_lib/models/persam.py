@@ -34,8 +34,6 @@ class PersAM(nn.Module):
         self.clinical = ClinicalTokenizer(config.field_cardinalities, d)
         self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.type_embed = nn.Parameter(torch.randn(3, d) * 0.02)  # class / clinical / patch token types
-        if config.patch_attention not in ("full", "bipartite"):
-            raise ValueError(f"patch_attention must be 'full' or 'bipartite', got '{config.patch_attention}'")
         bipartite = config.patch_attention == "bipartite"
         self.blocks = nn.ModuleList(TransformerBlock(d, config.n_heads, config.mlp_ratio, config.dropout, bipartite) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(d)

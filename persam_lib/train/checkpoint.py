@@ -1,7 +1,12 @@
-"""Checkpoints that rebuild themselves: weights + model config + record encoder + feature normaliser."""
+"""Checkpoints that rebuild themselves: weights + model config + record encoder + feature normaliser.
+
+The checkpoint stores the `ModelConfig` (model settings and what the data decided) by name, so a
+model rebuilds from it alone; one written before a setting was renamed (``patch_size``, now
+``grid_cell``) loads unchanged (`ModelConfig.from_dict`).
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +36,7 @@ def save_checkpoint(path: str | Path, loaded: LoadedModel, extra: dict | None = 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model_name": loaded.name,
-        "model_config": asdict(loaded.config),
+        "model_config": loaded.config.to_dict(),
         "state_dict": loaded.model.state_dict(),
         "record_encoder": loaded.record_encoder.state(),
         "normaliser": loaded.normaliser.state(),
@@ -45,9 +50,7 @@ def save_checkpoint(path: str | Path, loaded: LoadedModel, extra: dict | None = 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild a model from a checkpoint, in eval mode."""
     state = torch.load(Path(path), map_location=device, weights_only=False)
-    config_dict = dict(state["model_config"])
-    config_dict["field_cardinalities"] = tuple(config_dict["field_cardinalities"])
-    config = ModelConfig(**config_dict)
+    config = ModelConfig.from_dict(state["model_config"])
     model = create_model(state["model_name"], config)
     model.load_state_dict(state["state_dict"])
     model.to(device).eval()

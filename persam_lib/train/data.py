@@ -18,7 +18,7 @@ import torch
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.features.store import feature_path, read_features
 from persam_lib.images import ImageReadError, Window, read_image, to_model_input
-from persam_lib.models.base import Batch, ModelConfig
+from persam_lib.models.base import Batch, ModelConfig, ModelSettings
 from persam_lib.models.clinical import RecordEncoder
 from persam_lib.models.cnn import cell_coords
 
@@ -43,16 +43,18 @@ class Bag:
 
 @dataclass(frozen=True)
 class ImageInput:
-    """How 2-D images become model inputs: the square side, the patch grid and the channels (1 grey, 3 RGB; 0: as the cohort's images)."""
+    """How 2-D images become model inputs: the square side, the attention grid's cell and the
+    channels (1 grey, 3 RGB; 0: as the cohort's images). The defaults are `ModelSettings`'."""
 
-    image_size: int = 128
-    patch_size: int = 16
+    image_size: int = ModelSettings.image_size
+    grid_cell: int = ModelSettings.grid_cell
     channels: int = 0
 
     @classmethod
-    def of(cls, config: ModelConfig) -> "ImageInput":
-        """The input a trained model expects (its channels are its ``feature_dim``)."""
-        return cls(config.image_size, config.patch_size, config.feature_dim)
+    def of(cls, config: ModelSettings) -> "ImageInput":
+        """The input a model with these settings expects; a trained model's `ModelConfig` also
+        fixes the channels (its ``feature_dim``), settings alone leave them to the cohort."""
+        return cls(config.image_size, config.grid_cell, config.feature_dim if isinstance(config, ModelConfig) else 0)
 
 
 def load_samples(cohort: Cohort, features_dir: str | Path | None = None, images: ImageInput = ImageInput()) -> list[Bag]:
@@ -109,9 +111,9 @@ def _image_bag(cohort: Cohort, row: dict, images: ImageInput) -> Bag:
     pixels = read_image(row["path"], image_window(cohort, row))
     channels = images.channels or pixels.shape[-1]
     model_input, box = to_model_input(pixels, images.image_size, channels)
-    corners = cell_coords(images.image_size, images.patch_size).numpy().astype(np.float64)
+    corners = cell_coords(images.image_size, images.grid_cell).numpy().astype(np.float64)
     coords = np.round(box.to_original(corners)).astype(np.int64)
-    patch = int(round(images.patch_size / box.scale))
+    patch = int(round(images.grid_cell / box.scale))
     return Bag(row["slide_id"], str(row["patient_id"]), None, coords, patch, int(row["y"]), image=model_input)
 
 

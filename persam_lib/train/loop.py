@@ -12,6 +12,7 @@ import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,8 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from persam_lib.io.atomic import atomic_path
-from persam_lib.models.base import Batch
+from persam_lib.models.balanced_attention import noisy_or_attention_loss, noisy_or_class_weights
+from persam_lib.train.subbags import TEST_DRAW, sub_bag_indices, sub_bag_rng
+from persam_lib.models.base import Batch, ModelSettings
 from persam_lib.models.clinical import RecordEncoder
+from persam_lib.options import with_overrides
 from persam_lib.train.augment import augment_images, epoch_generator
 from persam_lib.train.data import Bag, FeatureNormaliser, collate_bags
 from persam_lib.train.distributed import Distributed
@@ -29,13 +33,17 @@ from persam_lib.train.distributed import Distributed
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training knobs; saved as ``config.json`` in every run directory.
+    """Which model, with which settings, trained how; saved as ``config.json`` in every run directory.
 
-    Every field can be set from the command line with ``--set name=value`` or a YAML file given
-    to ``--config``; values are checked here, so a bad one fails before any training starts.
+    The training knobs are fields here; the model's own settings are one `ModelSettings`
+    (``model_settings``), declared and checked in `persam_lib.models.base`, not here. Every name
+    of either can be set from the command line with ``--set name=value`` or a YAML file given to
+    ``--config`` (`persam_lib.options`), and `TrainConfig.of` takes the same flat names; values
+    are checked on construction, so a bad one fails before any training starts.
     """
 
     model: str = "persam"
+    model_settings: ModelSettings = ModelSettings()
     n_folds: int = 5
     val_fraction: float = 0.2
     epochs: int = 100
@@ -44,45 +52,60 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-2
     label_smoothing: float = 0.1
-    d_model: int = 64
-    n_heads: int = 4
-    n_layers: int = 2
-    dropout: float = 0.1
-    use_position: bool = False
-    patch_attention: str = "bipartite"  # PersAM: "bipartite" (linear in bag size) or "full" (patches also attend to patches)
-    checkpoint_activations: bool = False  # recompute Transformer blocks in backward: less memory for deep models and huge bags
-    radiomics_iterations: int = 2  # ChexRadiNet: rounds of heatmap -> radiomics -> guidance
-    image_size: int = 128  # 2-D images: side of the square model input, in pixels (images are letterboxed into it)
-    patch_size: int = 16  # 2-D images: side of the patches attention is over, in model-input pixels (a power of two)
-    ehr_stages: str = "3,4"  # MMA-MGMU on 2-D images: CNN stages (1-based) whose spatial attention the record steers
     augment: bool = True  # 2-D images: random horizontal flips and shifts of up to 1/16 of the side while training
+    optimizer: str = "adamw"  # "adamw", or "sgd" (with momentum, Nesterov by default: the published PersAM's)
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    lr_step: int = 0  # every lr_step epochs the learning rate is multiplied by 0.1 (0: constant)
+    attention_loss_weight: float = 0.0  # the noisy-OR attention loss (models with per-class maps: persam_paper), added with this weight
+    subbag_size: int = 0  # train on random sub-bags of this many patches (0: whole bags); the published PersAM: 100
+    subbags_per_slide: int = 1  # sub-bags per slide per epoch (the release: 30)
+    subbags_at_test: int = 1  # sub-bags whose predictions are averaged per slide at validation and test (the release: 50)
     seed: int = 0
     device: str = "auto"  # "auto": CUDA when present, else CPU
 
     @classmethod
-    def for_modality(cls, modality: str, **options) -> "TrainConfig":
-        """The defaults for a cohort's ``modality`` ("slides" or "images"), with ``options`` on top.
+    def of(cls, **options: Any) -> "TrainConfig":
+        """A configuration from flat names, training knobs and model settings alike
+        (``TrainConfig.of(model="abmil", epochs=10, d_model=32)``), as ``--set`` takes them."""
+        return with_overrides(cls(), options)
+
+    @classmethod
+    def for_modality(cls, modality: str, **options: Any) -> "TrainConfig":
+        """The defaults for a cohort's ``modality`` ("slides" or "images"), with ``options`` (flat
+        names, as for `of`) on top.
 
         2-D images train end to end through a CNN stem, where the slides' learning rate of 3e-3
         is too high for PersAM (a run of the demo radiographs stayed at chance); images start at 1e-3.
         """
         if modality not in ("slides", "images"):
             raise ValueError(f"modality must be 'slides' or 'images', got {modality!r}")
-        return cls(**({"lr": 1e-3} if modality == "images" else {}) | options)
+        return cls.of(**({"lr": 1e-3} if modality == "images" else {}) | options)
 
-    def _stages_fit(self) -> bool:
-        """MMA-MGMU's ``ehr_stages`` name stages its image CNN has (checked for that model only)."""
-        from persam_lib.models.mma_mgmu import parse_stages
+    def to_dict(self) -> dict[str, Any]:
+        """Every option by its flat name (training knobs, then model settings): ``config.json``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model_settings"}
+        return out | dataclasses.asdict(self.model_settings)
 
-        try:
-            parse_stages(self.ehr_stages, self.patch_size.bit_length() - 1 if self.model == "mma_mgmu" else 64)
-        except ValueError:
-            return False
-        return True
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """A configuration stored by `to_dict` (a run's ``config.json``), also by an older version:
+        old setting names are mapped to the current ones."""
+        data = ModelSettings.upgrade_names(data)
+        names = ModelSettings.names()
+        settings = ModelSettings(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in data.items() if k not in names}, model_settings=settings)
 
     def __post_init__(self) -> None:
         checks = [
             ("n_folds", self.n_folds >= 2, "an int >= 2"),
+            ("optimizer", self.optimizer in ("adamw", "sgd"), "'adamw' or 'sgd'"),
+            ("momentum", 0 <= self.momentum < 1, "a float in [0, 1)"),
+            ("lr_step", self.lr_step >= 0, "an int >= 0"),
+            ("attention_loss_weight", self.attention_loss_weight >= 0, "a float >= 0"),
+            ("subbag_size", self.subbag_size >= 0, "an int >= 0 (0: whole bags)"),
+            ("subbags_per_slide", self.subbags_per_slide >= 1, "an int >= 1"),
+            ("subbags_at_test", self.subbags_at_test >= 1, "an int >= 1"),
             ("val_fraction", 0 < self.val_fraction < 1, "a float in (0, 1)"),
             ("epochs", self.epochs >= 1, "an int >= 1"),
             ("patience", self.patience >= 1, "an int >= 1"),
@@ -90,20 +113,13 @@ class TrainConfig:
             ("lr", self.lr > 0, "a float > 0"),
             ("weight_decay", self.weight_decay >= 0, "a float >= 0"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "a float in [0, 1)"),
-            ("d_model", self.d_model >= 1 and self.d_model % max(self.n_heads, 1) == 0, f"an int divisible by n_heads ({self.n_heads})"),
-            ("n_heads", self.n_heads >= 1, "an int >= 1"),
-            ("n_layers", self.n_layers >= 1, "an int >= 1"),
-            ("dropout", 0 <= self.dropout < 1, "a float in [0, 1)"),
-            ("patch_attention", self.patch_attention in ("bipartite", "full"), "'bipartite' or 'full'"),
-            ("radiomics_iterations", self.radiomics_iterations >= 1, "an int >= 1"),
-            ("patch_size", self.patch_size >= 4 and self.patch_size & (self.patch_size - 1) == 0, "a power of two >= 4"),
-            ("image_size", self.image_size >= 2 * self.patch_size and self.image_size % self.patch_size == 0, f"a multiple of patch_size ({self.patch_size}), at least twice it"),
-            ("ehr_stages", self._stages_fit(), f"comma-separated numbers of the CNN's stages, 1 to {self.patch_size.bit_length() - 1} (one per halving of patch_size), like '3,4'"),
             ("device", self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit()), "'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ]
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"The training option '{name}' must be {expected}. Got {getattr(self, name)!r} instead.")
+        if type(self.model_settings) is not ModelSettings:  # the user's settings alone, not a ModelConfig
+            raise TypeError(f"TrainConfig.model_settings must be a ModelSettings, got {type(self.model_settings).__name__}")
 
 
 def autocast(device: torch.device):
@@ -112,10 +128,34 @@ def autocast(device: torch.device):
 
 
 def make_optimiser(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, as one fused kernel over all parameters where the device supports it (CPU, CUDA)."""
+    """AdamW (default) or SGD with momentum (``optimizer="sgd"``, Nesterov unless turned off), as one
+    fused kernel over all parameters where the device supports it (CPU, CUDA)."""
     params = [p for p in model.parameters() if p.requires_grad]
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay, fused=fused or None)
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based): ``lr``, times 0.1 after every ``lr_step`` epochs."""
+    return config.lr * (0.1 ** (epoch // config.lr_step) if config.lr_step else 1.0)
+
+
+def sub_bags(bags: list[Bag], config: TrainConfig, epoch: int, count: int) -> list[Bag]:
+    """Each slide's bag cut into ``count`` random sub-bags of ``config.subbag_size`` patches
+    (`persam_lib.train.subbags`: seeded by seed, epoch and slide); whole bags when sub-bags are off
+    or for images. A sub-bag is a `Bag` of the same slide, patient and label."""
+    if not config.subbag_size:
+        return list(bags)
+    out = []
+    for i, bag in enumerate(bags):
+        if bag.features is None:  # 2-D images are read whole
+            out.append(bag)
+            continue
+        for rows in sub_bag_indices(len(bag.features), config.subbag_size, count, sub_bag_rng(config.seed, epoch, i)):
+            out.append(dataclasses.replace(bag, features=bag.features[rows], coords=bag.coords[rows]))
+    return out
 
 
 def make_batch(bags: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser) -> Batch:
@@ -123,25 +163,34 @@ def make_batch(bags: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, n
     return collate_bags(bags, records.loc[[b.patient_id for b in bags]], encoder, normaliser)
 
 
-def evaluate(model: nn.Module, bags: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser, device: torch.device, batch_size: int = 16) -> np.ndarray:
-    """Class probabilities (len(bags), C) in eval mode."""
+def evaluate(
+    model: nn.Module, bags: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser, device: torch.device, batch_size: int = 16, config: TrainConfig | None = None
+) -> np.ndarray:
+    """Class probabilities (len(bags), C) in eval mode; with ``config`` using sub-bags, each bag's
+    probabilities are the mean over ``subbags_at_test`` seeded sub-bags (the published recipe)."""
     model.eval()
+    count = config.subbags_at_test if config is not None and config.subbag_size else 1
+    scored = sub_bags(bags, config, TEST_DRAW, count) if count > 1 or (config is not None and config.subbag_size) else bags
     out = []
     with torch.no_grad():
-        for start in range(0, len(bags), batch_size):
-            batch = make_batch(bags[start : start + batch_size], records, encoder, normaliser).to(device)
+        for start in range(0, len(scored), batch_size):
+            batch = make_batch(scored[start : start + batch_size], records, encoder, normaliser).to(device)
             with autocast(device):
                 logits = model(batch).logits
             out.append(torch.softmax(logits.float(), -1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    probs = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    if len(scored) != len(bags):  # average each slide's sub-bags (images stay whole: one row each)
+        owner = np.repeat(np.arange(len(bags)), [count if b.features is not None else 1 for b in bags])
+        probs = np.stack([probs[owner == i].mean(0) for i in range(len(bags))])
+    return probs
 
 
-def _validation(model: nn.Module, val: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser, device: torch.device, distributed: Distributed) -> tuple[float, float]:
+def _validation(model: nn.Module, val: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser, device: torch.device, distributed: Distributed, config: TrainConfig | None = None) -> tuple[float, float]:
     """Validation loss (mean NLL) and accuracy; under torchrun each rank scores its share and the sums are combined."""
     mine = distributed.share(val)
     nll = correct = 0.0
     if mine:
-        probs = evaluate(model, mine, records, encoder, normaliser, device)
+        probs = evaluate(model, mine, records, encoder, normaliser, device, config=config)
         y = np.array([b.y for b in mine])
         nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-8, None)).sum())
         correct = float((probs.argmax(1) == y).sum())
@@ -217,8 +266,13 @@ def fit(
         state = _LoopState(best_state=copy.deepcopy(model.state_dict()))
     trained = distributed.wrap(model, device)
     fill = torch.from_numpy(-normaliser.mean / normaliser.std)  # images: a black pixel, standardised (the border shifts uncover)
+    attention_weights = noisy_or_class_weights(torch.tensor([b.y for b in train]), n_classes).to(device) if config.attention_loss_weight else None
+    whole = train
     while state.epoch < config.epochs and state.stale < config.patience:
         model.train()
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(config, state.epoch)
+        train = sub_bags(whole, config, state.epoch, config.subbags_per_slide)
         order = torch.randperm(len(train), generator=generator).tolist()
         loss_sum, steps = 0.0, 0  # this rank's share of each step's loss; combined over ranks once per epoch
         augmenting = epoch_generator(config.seed, state.epoch, distributed.rank)  # never the shared order's generator
@@ -237,14 +291,17 @@ def fit(
             batch = batch.to(device)
             targets = torch.tensor([b.y for b in mine], device=device)
             with autocast(device):
-                logits = trained(batch).logits
-            loss = F.cross_entropy(logits.float(), targets, weight=class_weight_t, label_smoothing=config.label_smoothing, reduction="sum") * scale
+                output = trained(batch)
+            loss = F.cross_entropy(output.logits.float(), targets, weight=class_weight_t, label_smoothing=config.label_smoothing, reduction="sum") * scale
+            if attention_weights is not None and scale:  # noisy-OR over each class's map: a mean over the chunk's bags, as DDP averages
+                attention = noisy_or_attention_loss(output.class_patch_attention, targets, attention_weights, patch_mask=batch.patch_mask)
+                loss = loss + config.attention_loss_weight * attention * len(mine) * distributed.world_size / len(chunk)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             loss_sum, steps = loss_sum + loss.item(), steps + 1
-        val_loss, val_accuracy = _validation(model, val, records, encoder, normaliser, device, distributed)
+        val_loss, val_accuracy = _validation(model, val, records, encoder, normaliser, device, distributed, config)
         state.epoch += 1
         state.history.append({"epoch": state.epoch, "train_loss": distributed.sum([loss_sum], device)[0] / (distributed.world_size * steps), "val_loss": val_loss, "val_accuracy": val_accuracy})
         if val_loss < state.best_loss - 1e-4:

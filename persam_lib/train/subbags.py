@@ -52,6 +52,9 @@ def sub_bag_indices(n_patches: int, size: int, count: int, rng: np.random.Genera
     return out
 
 
+TEST_DRAW = 1_000_000  # the "epoch" of the sub-bags drawn for validation and test: the same every epoch
+
+
 def sub_bag_rng(seed: int, epoch: int, slide_index: int) -> np.random.Generator:
     """The generator of one slide's sub-bags in one epoch: the same draw on every rank and on resume."""
     return np.random.default_rng([seed, epoch, slide_index, 0x5B])
