@@ -1,11 +1,11 @@
 import numpy as np
 import openslide
-import pandas as pd
 import pytest
 from PIL import Image
 
 from persam_lib.cohort.demo import DIAGNOSTIC_REGION, DemoConfig, _design_patients
 from persam_lib.cohort.demo_tissue import DIFFUSE, NODULAR
+from persam_lib.cohort.truth import REGIONS_FILE, TRUTH_FILE, load_truth, mask_file
 from persam_lib.slides.tiff_writer import write_pyramidal_tiff
 
 
@@ -27,10 +27,11 @@ def test_slides_are_tiled_jpeg_tiffs(tiny_cohort):
         assert page.is_tiled and page.compression == tifffile.COMPRESSION.JPEG
 
 
-def test_tissue_is_stained_and_glass_is_white(tiny_cohort, tiny_cohort_dir):
-    slide = openslide.OpenSlide(tiny_cohort.slides["path"].iloc[0])
+def test_tissue_is_stained_and_glass_is_white(tiny_cohort):
+    first = tiny_cohort.slides.iloc[0]
+    slide = openslide.OpenSlide(first["path"])
     thumb = np.asarray(slide.read_region((0, 0), 2, slide.level_dimensions[2]).convert("RGB")).astype(float)
-    mask = np.asarray(Image.open(tiny_cohort_dir / "truth" / "masks" / "S0001.png"))
+    mask = load_truth(tiny_cohort).mask(first["slide_id"])
     labels = np.asarray(Image.fromarray(mask).resize(thumb.shape[1::-1], Image.NEAREST))
     glass, tissue = thumb[labels == 0], thumb[labels > 0]
     assert glass.mean() > 235  # white background
@@ -48,21 +49,22 @@ def test_design_puts_the_science_in_the_data():
     assert set(DIAGNOSTIC_REGION.values()) == {"nodular", "diffuse"}
 
 
-def test_ground_truth_masks_contain_both_regions(tiny_cohort_dir):
-    for path in sorted((tiny_cohort_dir / "truth" / "masks").glob("*.png")):
-        mask = np.asarray(Image.open(path))
-        assert (mask == NODULAR).sum() > 100 and (mask == DIFFUSE).sum() > 100, path.name
+def test_ground_truth_masks_contain_both_regions(tiny_cohort):
+    truth = load_truth(tiny_cohort)
+    assert truth.labels["nodular"] == NODULAR and truth.labels["diffuse"] == DIFFUSE
+    for slide_id in tiny_cohort.slides["slide_id"]:
+        regions = truth.region_masks(slide_id)
+        assert regions["nodular"].sum() > 100 and regions["diffuse"].sum() > 100, slide_id
 
 
 def test_regions_are_visibly_different_phenotypes(tiny_cohort, tiny_cohort_dir):
     """Phenotype B (small crowded nuclei) is darker than phenotype A within the same region kind."""
-    regions = pd.read_csv(tiny_cohort_dir / "truth" / "regions.csv")
+    truth = load_truth(tiny_cohort)
     darkness = {"A": [], "B": []}
-    for row in regions.itertuples():
+    for row in truth.regions.itertuples():
         slide = openslide.OpenSlide(str(tiny_cohort_dir / "slides" / f"{row.slide_id}.tiff"))
         level1 = np.asarray(slide.read_region((0, 0), 1, slide.level_dimensions[1]).convert("RGB")).astype(float).mean(-1)
-        mask = np.asarray(Image.open(tiny_cohort_dir / "truth" / "masks" / f"{row.slide_id}.png"))
-        darkness[row.nodular_phenotype].append(255 - level1[mask == NODULAR].mean())
+        darkness[row.nodular_phenotype].append(255 - level1[truth.region_masks(row.slide_id)["nodular"]].mean())
     assert np.mean(darkness["B"]) > np.mean(darkness["A"])
 
 
@@ -89,5 +91,6 @@ def test_parallel_generation_gives_the_same_files_as_serial(tmp_path):
     config = DemoConfig(patients=4, seed=9, width=768, height=768, region_radius=120)
     make_demo_cohort(tmp_path / "serial", config, progress=False, workers=1)
     make_demo_cohort(tmp_path / "parallel", config, progress=False, workers=2)
-    for name in ("slides/S0001.tiff", "slides/S0004.tiff", "truth/masks/S0002.png", "clinical.csv", "manifest.yaml"):
+    mask = mask_file("truth", "S0002")
+    for name in ("slides/S0001.tiff", "slides/S0004.tiff", mask, f"truth/{REGIONS_FILE}", f"truth/{TRUTH_FILE}", "clinical.csv", "manifest.yaml"):
         assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "parallel" / name).read_bytes(), name

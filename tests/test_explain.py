@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from persam_lib.cohort.truth import load_truth
 from persam_lib.explain.attention import ATTENTION_COLUMNS, explain_run, read_table, write_table
 from persam_lib.explain.records import ORIGINAL, alterations_from_yaml, default_alterations, field_of, numeric_targets, parse_alteration
 from persam_lib.explain.report import explanation_report, null_fields_of, write_figures, write_metrics
 from persam_lib.explain.shift import attention_shift, jensen_shannon, mass_moved, topk_jaccard
 from persam_lib.explain.summary import null_comparison, summarise_shift
-from persam_lib.explain.truth import load_truth, patch_auroc, truth_scores, with_baselines
+from persam_lib.explain.truth_scores import patch_auroc, truth_scores, with_baselines
 from persam_lib.models.base import Batch, ModelOutput
 from persam_lib.train.checkpoint import LoadedModel
 from persam_lib.train.run import Run
@@ -132,7 +133,6 @@ def test_hand_built_attention_gives_the_expected_shift_and_null_test(tiny_run, t
 
 
 def test_truth_scores_oracle_uniform_and_random(tiny_cohort, tiny_features):
-    from persam_lib.explain.truth import region_fractions
     from persam_lib.features.store import read_features
 
     truth = load_truth(tiny_cohort)
@@ -142,7 +142,7 @@ def test_truth_scores_oracle_uniform_and_random(tiny_cohort, tiny_features):
         data = read_features(tiny_features / f"{slide_id}.h5")
         patient = tiny_cohort.slides.set_index("slide_id").loc[slide_id, "patient_id"]
         region = truth.region_for(tiny_cohort.clinical.loc[patient, "site"])
-        inside = region_fractions(truth, slide_id, data.coords, data.patch_size)[region]
+        inside = truth.region_fractions(slide_id, data.coords, data.patch_size)[region]
         expected[slide_id] = float(inside @ inside / inside.sum())
         rows.append(pd.DataFrame({"slide_id": slide_id, "x": data.coords[:, 0], "y": data.coords[:, 1], "size": data.patch_size, "record": ORIGINAL, "attention": inside / inside.sum()}))
     table = with_baselines(pd.concat(rows))  # oracle attention: proportional to how much of each patch is diagnostic

@@ -11,13 +11,14 @@ from PIL import Image
 from persam_lib.cli import main
 from persam_lib.cohort.demo_images import RadiographCohortConfig, make_radiograph_cohort
 from persam_lib.cohort.manifest import ManifestError, load_manifest
+from persam_lib.cohort.truth import load_truth
 from persam_lib.images import ImageReadError, read_image
 from persam_lib.train.data import FeatureNormaliser, ImageInput, load_images, load_sample
 from persam_lib.train.loop import TrainConfig
 from persam_lib.train.run import Run, compare_models
 
 TINY = RadiographCohortConfig(patients=12, seed=5, size=128, lesion_radius=10, png_every=4)
-SMALL_MODEL = dict(n_folds=2, epochs=2, patience=2, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1, image_size=64, patch_size=16, batch_size=4)
+SMALL_MODEL = dict(n_folds=2, epochs=2, patience=2, val_fraction=0.25, d_model=16, n_heads=2, n_layers=1, image_size=64, grid_cell=16, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def radiographs(tmp_path_factory) -> Path:
 def image_runs(radiographs, tmp_path_factory):
     cohort = load_manifest(radiographs / "manifest.yaml")
     out = tmp_path_factory.mktemp("image_runs")
-    compare_models(cohort, None, out, ["persam", "mma_mgmu", "cnn_concat"], TrainConfig(**SMALL_MODEL), progress=False)
+    compare_models(cohort, None, out, ["persam", "mma_mgmu", "cnn_concat"], TrainConfig.of(**SMALL_MODEL), progress=False)
     return cohort, out
 
 
@@ -54,10 +55,11 @@ def test_the_demo_radiograph_cohort_is_an_image_cohort_with_dicom_png_and_ground
     dicom = cohort.slides.iloc[0]
     pixels = read_image(dicom["path"])
     assert pixels.shape == (128, 128, 1) and 0 <= pixels.min() and pixels.max() <= 1
-    mask = np.asarray(Image.open(radiographs / "truth" / "masks" / f"{dicom['slide_id']}.png"))
+    truth = load_truth(cohort)
+    mask = truth.mask(dicom["slide_id"])
     assert pixels[mask == 0].mean() < 0.15 < pixels[mask >= 2].mean()  # dark air, bright lesions
     # the record decides the label through the lesion it names
-    regions = pd.read_csv(radiographs / "truth" / "regions.csv").set_index("patient_id")
+    regions = truth.regions.set_index("patient_id")
     for pid, row in cohort.clinical.iterrows():
         deciding = regions.loc[pid, "nodule_phenotype" if row["presentation"] == "focal" else "opacity_phenotype"]
         assert row["finding"] == {"A": "benign", "B": "malignant"}[deciding]
@@ -65,7 +67,7 @@ def test_the_demo_radiograph_cohort_is_an_image_cohort_with_dicom_png_and_ground
 
 def test_images_are_letterboxed_and_their_patch_grid_is_in_original_pixels(radiographs):
     cohort = load_manifest(radiographs / "manifest.yaml")
-    bags = load_images(cohort, ImageInput(image_size=64, patch_size=16))
+    bags = load_images(cohort, ImageInput(image_size=64, grid_cell=16))
     bag = bags[0]
     assert bag.features is None and bag.image.shape == (1, 64, 64)
     assert bag.patch_size == 32  # 16 model pixels of a 128-pixel image shown at 64
@@ -141,7 +143,7 @@ def test_an_unreadable_image_is_reported_with_its_id_and_the_others_still_checke
 def test_training_comparing_and_explaining_run_unchanged_on_images(image_runs):
     from persam_lib.explain.attention import explain_run
     from persam_lib.explain.report import explanation_report, write_figures
-    from persam_lib.explain.truth import load_truth
+    from persam_lib.cohort.truth import load_truth
 
     cohort, out = image_runs
     table = pd.read_csv(out / "comparison.csv")
@@ -197,7 +199,7 @@ def test_integrated_gradients_and_shap_on_images(image_runs):
 
 def test_cli_trains_and_explains_an_image_cohort_without_features(radiographs, tmp_path, capsys):
     manifest = radiographs / "manifest.yaml"
-    settings = [arg for k, v in SMALL_MODEL.items() if k not in ("n_folds", "epochs") for arg in ("--set", f"{k}={v}")]
+    settings = [arg for k, v in SMALL_MODEL.items() if k not in ("n_folds", "epochs", "n_heads", "n_layers") for arg in ("--set", f"{k}={v}")]  # settings neither the CNN nor TransMIL reads would be refused
     assert main(["train", str(manifest), "--model", "cnn", "--out", str(tmp_path / "cnn"), "--folds", "2", "--epochs", "1", *settings]) == 0
     assert main(["explain", str(tmp_path / "cnn"), "--manifest", str(manifest), "--out", str(tmp_path / "a.csv"), "--metrics", str(tmp_path / "m.json")]) == 0
     assert pd.read_csv(tmp_path / "a.csv")["size"].eq(32).all()

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from persam_lib.io.atomic import atomic_path, write_text_atomic
 from persam_lib.cohort.demo_tissue import LABEL_DOWNSAMPLE, REGION_LABELS, SlideDesign, render_slide
+from persam_lib.cohort.truth import MASKS_DIR, TRUTH_FILE, mask_file, write_truth
 from persam_lib.slides.tiff_writer import write_pyramidal_tiff
 
 DECIDING_FIELD = "site"
@@ -60,14 +61,14 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
     """
     out = Path(out)
     (out / "slides").mkdir(parents=True, exist_ok=True)
-    (out / "truth" / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "truth" / MASKS_DIR).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed)
     table = _design_patients(config, rng)
 
     todo = [
         (config, out, row.slide_id, row.nodular_phenotype, row.diffuse_phenotype)
         for row in table.itertuples()
-        if not ((out / "slides" / f"{row.slide_id}.tiff").exists() and (out / "truth" / "masks" / f"{row.slide_id}.png").exists())
+        if not ((out / "slides" / f"{row.slide_id}.tiff").exists() and mask_file(out / "truth", row.slide_id).exists())
     ]
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(todo), desc="demo slides", disable=not progress)
@@ -88,8 +89,7 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
     regions = table[["slide_id", "patient_id", "nodular_phenotype", "diffuse_phenotype", "disagree"]]
     write_text_atomic(out / "slides.csv", slides.to_csv(index=False))
     write_text_atomic(out / "clinical.csv", clinical.to_csv(index=False, na_rep=""))
-    write_text_atomic(out / "truth" / "regions.csv", regions.to_csv(index=False))
-    write_truth(out / "truth", config.mask_downsample, REGION_LABELS, DECIDING_FIELD, DIAGNOSTIC_REGION, NOISE_FIELDS)
+    write_truth(out / "truth", regions, mask_downsample=config.mask_downsample, labels=REGION_LABELS, deciding_field=DECIDING_FIELD, diagnostic_region=DIAGNOSTIC_REGION, noise_fields=NOISE_FIELDS)
     manifest = {
         "cohort": "demo",
         "slides": "slides.csv",
@@ -103,7 +103,7 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
             "ldh": {"type": "numeric", "min": 50, "max": 3000, "unit": "U/L"},
             "site_permuted": {"type": "categorical", "values": ["nodal", "extranodal"], "permutation_of": "site"},
         },
-        "truth": "truth/truth.yaml",
+        "truth": f"truth/{TRUTH_FILE}",
     }
     return write_manifest(out, manifest, asdict(config))
 
@@ -120,20 +120,6 @@ def write_manifest(out: Path, manifest: dict, settings: dict) -> Path:
     return write_text_atomic(out / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))
 
 
-def write_truth(truth_dir: Path, mask_downsample: float, labels: dict[str, int], deciding_field: str, diagnostic_region: dict[str, str], noise_fields: tuple[str, ...]) -> Path:
-    """A demo cohort's ``truth.yaml`` (masks in ``masks/``, per-sample phenotypes in ``regions.csv``), written atomically."""
-    truth = {
-        "masks": "masks",
-        "mask_downsample": mask_downsample,
-        "labels": labels,
-        "deciding_field": deciding_field,
-        "diagnostic_region": diagnostic_region,
-        "noise_fields": list(noise_fields),
-        "regions": "regions.csv",
-    }
-    return write_text_atomic(truth_dir / "truth.yaml", yaml.safe_dump(truth, sort_keys=False))
-
-
 def _render_and_write(job: tuple[DemoConfig, Path, str, str, str]) -> str:
     """Render one slide and write it with its ground-truth mask (run in a worker process)."""
     config, out, slide_id, nodular, diffuse = job
@@ -141,7 +127,7 @@ def _render_and_write(job: tuple[DemoConfig, Path, str, str, str]) -> str:
     design = SlideDesign(config.width, config.height, nodular, diffuse, config.region_radius)
     rgb, labels = render_slide(design, slide_rng)  # labels at 1/4 resolution
     write_pyramidal_tiff(out / "slides" / f"{slide_id}.tiff", rgb, mpp=config.mpp)
-    _atomic_png(out / "truth" / "masks" / f"{slide_id}.png", labels)
+    _atomic_png(mask_file(out / "truth", slide_id), labels)
     return slide_id
 
 

@@ -26,8 +26,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from persam_lib.io.atomic import atomic_path, write_text_atomic
-from persam_lib.cohort.demo import made_up_mrns, write_manifest, write_truth
+from persam_lib.cohort.demo import made_up_mrns, write_manifest
 from persam_lib.cohort.demo_radiograph import REGION_LABELS, RadiographDesign, render_radiograph
+from persam_lib.cohort.truth import MASKS_DIR, TRUTH_FILE, mask_file, write_truth
 from persam_lib.images.reader import Window
 from persam_lib.images.writer import write_dicom
 
@@ -58,12 +59,12 @@ def make_radiograph_cohort(out: str | Path, config: RadiographCohortConfig = Rad
     """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "truth" / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "truth" / MASKS_DIR).mkdir(parents=True, exist_ok=True)
     table = _design_patients(config, np.random.default_rng(config.seed))
     is_png = [config.png_every > 0 and (i + 1) % config.png_every == 0 for i in range(len(table))]
     table["path"] = [f"images/{s}.png" if png else f"images/{s}.dcm" for s, png in zip(table.image_id, is_png)]
     for row in tqdm(list(table.itertuples()), desc="demo radiographs", disable=not progress):
-        image_path, mask_path = out / row.path, out / "truth" / "masks" / f"{row.image_id}.png"
+        image_path, mask_path = out / row.path, mask_file(out / "truth", row.image_id)
         if image_path.exists() and mask_path.exists():
             continue
         design = RadiographDesign(config.size, row.nodule_phenotype, row.opacity_phenotype, config.lesion_radius)
@@ -84,8 +85,7 @@ def make_radiograph_cohort(out: str | Path, config: RadiographCohortConfig = Rad
     regions = table[["image_id", "patient_id", "nodule_phenotype", "opacity_phenotype", "disagree"]].rename(columns={"image_id": "slide_id"})
     write_text_atomic(out / "images.csv", images.to_csv(index=False))
     write_text_atomic(out / "clinical.csv", clinical.to_csv(index=False, na_rep=""))
-    write_text_atomic(out / "truth" / "regions.csv", regions.to_csv(index=False))
-    write_truth(out / "truth", 1, REGION_LABELS, DECIDING_FIELD, DIAGNOSTIC_REGION, NOISE_FIELDS)
+    write_truth(out / "truth", regions, mask_downsample=1, labels=REGION_LABELS, deciding_field=DECIDING_FIELD, diagnostic_region=DIAGNOSTIC_REGION, noise_fields=NOISE_FIELDS)
     manifest = {
         "cohort": "demo-radiographs",
         "images": "images.csv",
@@ -99,7 +99,7 @@ def make_radiograph_cohort(out: str | Path, config: RadiographCohortConfig = Rad
             "crp": {"type": "numeric", "min": 0, "max": 500, "unit": "mg/L"},
             "presentation_permuted": {"type": "categorical", "values": ["focal", "diffuse"], "permutation_of": "presentation"},
         },
-        "truth": "truth/truth.yaml",
+        "truth": f"truth/{TRUTH_FILE}",
     }
     return write_manifest(out, manifest, {"kind": "radiograph", **asdict(config)})
 

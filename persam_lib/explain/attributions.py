@@ -101,7 +101,7 @@ def integrated_gradients(
             break
         steps *= 2
     return IGResult(
-        patches=_per_patch(attributions[0][0].detach(), loaded.config.patch_size if batch.images is not None else 0).cpu().numpy(),
+        patches=_per_patch(attributions[0][0].detach(), loaded.config.grid_cell if batch.images is not None else 0).cpu().numpy(),
         fields=attributions[1][0].sum(-1).detach().cpu().numpy() if reads_record else None,
         delta=gap,
         logit_change=change,

@@ -16,11 +16,12 @@ import pandas as pd
 
 from persam_lib.io.atomic import atomic_path, dumps_strict, write_text_atomic
 from persam_lib.cohort.manifest import Cohort
+from persam_lib.cohort.truth import GroundTruth
 from persam_lib.explain.attention import Explanation
 from persam_lib.explain.records import ORIGINAL, field_of
 from persam_lib.explain.shift import attention_shift
 from persam_lib.explain.summary import moved_summary, moved_to_new_region, null_comparison, summarise_shift, summarise_truth
-from persam_lib.explain.truth import GroundTruth, truth_scores_of, with_baselines
+from persam_lib.explain.truth_scores import truth_scores_of, with_baselines
 
 MAP_NAMES = {"attention": "last layer", "attention_rollout": "rollout"}
 
@@ -102,15 +103,37 @@ def _json_default(value):
 
 
 def example_slides(cohort: Cohort, n: int, truth: GroundTruth | None = None) -> list[str]:
-    """Slides worth showing: with ground truth, those whose two regions disagree (there the record decides)."""
-    if truth is not None and cohort.truth_path is not None:
-        regions = cohort.truth_path.parent / "regions.csv"
-        if regions.is_file():
-            table = pd.read_csv(regions, dtype=str)
-            chosen = table[table["disagree"].str.lower() == "true"]["slide_id"].tolist()
-            if chosen:
-                return chosen[:n]
-    return cohort.slides["slide_id"].head(n).tolist()
+    """Slides worth showing: with ground truth, those whose regions disagree (there the record
+    decides); otherwise, or when none disagree, the cohort's first ``n``."""
+    chosen = truth.disagreeing() if truth is not None else []
+    return chosen[:n] if chosen else cohort.slides["slide_id"].head(n).tolist()
+
+
+def field_to_show(shift: pd.DataFrame, truth: GroundTruth | None = None, metric: str = "jsd") -> str:
+    """The altered field a figure shows: the ground truth's deciding field when it was altered;
+    otherwise (no ground truth) the field whose alteration moves attention most — the largest mean
+    over slides of each slide's mean ``metric`` (`attention_shift`'s table), as `summarise_shift`
+    averages it. Never a field chosen by name."""
+    fields = shift["field"].unique()
+    if len(fields) == 0:
+        raise ValueError("no altered record in the shift table: nothing to show")
+    if truth is not None and truth.deciding_field in fields:
+        return truth.deciding_field
+    per_field = shift.groupby(["field", "slide_id"], sort=True)[metric].mean().groupby(level="field").mean()
+    if metric == "topk_jaccard":  # a similarity: the field that moves attention most keeps the least overlap
+        return str(per_field.idxmin())
+    return str(per_field.idxmax())
+
+
+def record_to_show(records: list[str], field: str) -> str:
+    """Of a slide's ``records``, the first that alters ``field`` alone, else the first that alters
+    it with others, else the first altered record."""
+    altered = [r for r in records if r != ORIGINAL]
+    if not altered:
+        raise ValueError("no altered record to show")
+    alone = [r for r in altered if field_of(r) == field]
+    together = [r for r in altered if field in field_of(r).split(";")]
+    return (alone or together or altered)[0]
 
 
 def slide_maps(explanation: Explanation, slide_id: str, column: str = "attention") -> tuple[np.ndarray, int, dict[str, np.ndarray]]:
@@ -137,8 +160,8 @@ def sample_background(cohort: Cohort, slide_id: str, features_dir: str | Path | 
         rgb = pixels[::step, ::step]
         rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
         return (rgb * 255).round().astype(np.uint8), float(step), None
-    from persam_lib.features.extract import load_tissue_mask
-    from persam_lib.slides.reader import open_slide
+    from persam_lib.features.products import load_tissue_mask
+    from persam_lib.slides.factory import open_slide
 
     with open_slide(row["path"]) as slide:
         thumb, downsample = slide.thumbnail(16)
@@ -147,15 +170,17 @@ def sample_background(cohort: Cohort, slide_id: str, features_dir: str | Path | 
 
 
 def write_figures(explanation: Explanation, cohort: Cohort, features_dir: str | Path | None, out_dir: str | Path, slides: list[str], truth: GroundTruth | None = None) -> list[Path]:
-    """For each slide: original vs altered heatmaps with the regions and the difference (the deciding
-    field's flip, or the first alteration), and small multiples over every alteration. PNG files,
-    each written atomically; returns their paths."""
+    """For each slide: original vs altered heatmaps with the regions and the difference (the
+    alteration of `field_to_show`: the deciding field, or without ground truth the field that moves
+    attention most), and small multiples over every alteration. PNG files, each written
+    atomically; returns their paths."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from persam_lib.plots.figures import alteration_grid, record_comparison, use_book_style
 
     use_book_style()
+    shown_field = field_to_show(attention_shift(explanation.attention, explanation.predictions), truth) if explanation.attention["record"].ne(ORIGINAL).any() else ""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -166,8 +191,7 @@ def write_figures(explanation: Explanation, cohort: Cohort, features_dir: str | 
         altered = {k: v for k, v in maps.items() if k != ORIGINAL}
         if not altered:
             continue
-        deciding = [k for k in altered if truth is not None and field_of(k) == truth.deciding_field]
-        shown = deciding[0] if deciding else next(iter(altered))
+        shown = record_to_show(list(maps), shown_field)
         title = f"{explanation.model} — {slide_id}"
         figures = {
             f"{explanation.model}_{slide_id}_comparison.png": record_comparison(thumb, downsample, coords, size, maps[ORIGINAL], altered[shown], shown, regions=regions, tissue=tissue, suptitle=title),

@@ -178,6 +178,15 @@ def attention_vs_attribution(table: pd.DataFrame, ax: Axes | None = None) -> Axe
     return ax
 
 
+def patch_projection_plot(points: pd.DataFrame, explained: float, max_points: int = 6000, ax: Axes | None = None) -> Axes:
+    """Patches in two principal components (columns PC1, PC2 and optionally ``patch``, the region
+    each lies in, as colour); at most ``max_points`` of them, drawn at random with a fixed seed."""
+    sample = points.sample(min(len(points), max_points), random_state=0)
+    ax = sns.scatterplot(data=sample, x="PC1", y="PC2", hue="patch" if "patch" in sample else None, s=6, alpha=0.6, linewidth=0, ax=ax)
+    ax.set_title(f"{len(points)} patches, {explained:.0%} of the variance in two components")
+    return ax
+
+
 def learning_curves(history: pd.DataFrame, ax: Axes | None = None) -> Axes:
     """Training and validation loss per epoch, one line per fold (history from `Run.history`)."""
     ax = ax or plt.subplots(figsize=(7, 3.5))[1]
