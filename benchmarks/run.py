@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_explain, bench_extract, bench_images, bench_models, bench_sweep
+from benchmarks import bench_explain, bench_extract, bench_images, bench_models, bench_persam_paper, bench_sweep
 from benchmarks.common import print_table
 
 BENCHMARKS = {
     "extract": (bench_extract, "feature extraction (one core per process)"),
     "models": (bench_models, "models: training step against bag size"),
+    "persam_paper": (bench_persam_paper, "the published PersAM beside ours: training step and memory against bag size"),
     "explain": (bench_explain, "explain: altered records and heatmaps"),
     "sweep": (bench_sweep, "sweeps: points in parallel"),
     "images": (bench_images, "2-D images: images per second, training and inference, against the plain CNN"),

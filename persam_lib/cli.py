@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Callable
 
 from persam_lib.cohort.manifest import ManifestError
+from persam_lib.features.config import READER_BACKENDS, ExtractConfig
 from persam_lib.io.locks import FolderBusyError
-from persam_lib.slides.reader import SlideError
+from persam_lib.slides.base import SlideError
+from persam_lib.slides.patching import PatchConfig
 from persam_lib.train.loop import TrainConfig
 
 
@@ -63,9 +65,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
-    from persam_lib.features.extract import ExtractConfig, extract
+    from persam_lib.features.extract import extract
     from persam_lib.features.workers import ReaderKilledError
-    from persam_lib.slides.patching import PatchConfig
 
     cohort = load_manifest(args.manifest)
     patch = PatchConfig(patch_size=args.patch_size, stride=args.stride, mpp=None if args.mpp <= 0 else args.mpp, min_tissue_fraction=args.min_tissue)
@@ -141,10 +142,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
+    from persam_lib.cohort.truth import load_truth
     from persam_lib.explain.attention import ExplainConfig, check_table_path, explain_run, write_table
     from persam_lib.explain.records import alterations_from_yaml, parse_alteration
     from persam_lib.explain.report import check_metrics_path, example_slides, explanation_report, null_fields_of, write_figures, write_metrics
-    from persam_lib.explain.truth import load_truth
     from persam_lib.train.run import Run
 
     cohort = load_manifest(args.manifest)
@@ -159,7 +160,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.metrics is not None:
         check_metrics_path(args.metrics)
     features = args.features or (None if cohort.modality == "images" else _features_of(run))
-    explanation = explain_run(run, cohort, features, alterations or None, ExplainConfig(quantiles=quantiles, per_head=args.per_head))
+    explanation = explain_run(run, cohort, features, alterations or None, ExplainConfig(quantiles=quantiles, per_head=args.per_head, per_class=args.per_class))
     write_table(explanation.attention, args.out)
     print(f"explain: {explanation.attention['slide_id'].nunique()} {cohort.sample_name}(s), {explanation.attention['record'].nunique()} record(s) -> {args.out}")
     if args.metrics or args.figures:
@@ -241,8 +242,14 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="maximum epochs per fold (early stopping on the validation split)")
     p.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of folds, initialisation and sampling")
     p.add_argument("--device", default=TrainConfig.device, help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--config", type=Path, help="YAML file of training options (any TrainConfig field, e.g. 'lr: 0.001')")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="set a training option, e.g. --set label_smoothing=0.2 --set dropout=0.25 (repeatable; after --config)")
+    from persam_lib.options import describe
+
+    p.add_argument("--config", type=Path, help="YAML file of options by the names --set takes (e.g. 'lr: 0.001' and 'd_model: 32')")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help=f"set a training option or model setting, e.g. --set label_smoothing=0.2 --set dropout=0.25 (repeatable; after --config; image cohorts start at lr={TrainConfig.for_modality('images').lr}). "
+        f"A model setting the chosen model does not read is an error. Names and defaults: {describe(TrainConfig())}".replace("%", "%%"),
+    )
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):
@@ -282,23 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a manifest, its tables and the cohort, and open every slide or image; every error names file, line and field")
     p.add_argument("manifest", type=Path, help="the cohort's manifest.yaml")
     p.add_argument("--quick", action="store_true", help="check the manifest, tables and cohort only: do not open slides or decode images")
-    p.add_argument("--reader-backend", choices=["auto", "openslide"], default="auto", help="open slides as `persam extract --reader-backend` will")
+    p.add_argument("--reader-backend", choices=READER_BACKENDS, default=ExtractConfig.reader_backend, help="open slides as `persam extract --reader-backend` will")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("extract", help="tissue, patches and features: one HDF5 per slide (resumable; settings recorded and checked)")
     p.add_argument("manifest", type=Path, help="the cohort's manifest.yaml")
     p.add_argument("--out", type=Path, required=True, help="features directory (one <slide_id>.h5 and masks/<slide_id>.png per slide, failures.csv); locked while the run works in it")
-    p.add_argument("--encoder", default="stats", help="stats (no weights), resnet50_trunc, vit_s16, or timm:<name> when timm is installed")
-    p.add_argument("--weights", type=Path, help="local weight file (torchvision / timm state dict) for resnet50_trunc, vit_s16, timm:*; its sha256 is recorded in every feature file")
-    p.add_argument("--readers", type=int, default=-1, help="patch-reading processes beside the encoder (-1: one per CPU but one; 0: read in the main process, least memory)")
-    p.add_argument("--reader-backend", choices=["auto", "openslide"], default="auto", help="auto: fast tiled-TIFF path where possible, else OpenSlide")
+    p.add_argument("--encoder", default=ExtractConfig.encoder, help="stats (no weights); resnet50_trunc, vit_s16; foundation models uni, uni2_h, virchow2, h_optimus_0, prov_gigapath, conch_v1_5 (need --weights); hf:FOLDER (a transformers ViT/DINOv2 saved with save_pretrained; hf:FOLDER@cls+mean for class token + patch mean); timm:<name> when timm imports. Nothing is downloaded")
+    p.add_argument("--weights", type=Path, default=ExtractConfig.encoder_weights, help="local weight file (.pth/.pt/.bin state dict or .safetensors, torchvision / timm layout) for resnet50_trunc, vit_s16, the foundation-model presets and timm:*; not for hf:FOLDER, which holds its own; its sha256 is recorded in every feature file")
+    p.add_argument("--readers", type=int, default=ExtractConfig.num_workers, help="patch-reading processes beside the encoder (-1: one per CPU but one; 0: read in the main process, least memory)")
+    p.add_argument("--reader-backend", choices=READER_BACKENDS, default=ExtractConfig.reader_backend, help="auto: fast tiled-TIFF path where possible, else OpenSlide")
     p.add_argument("--scheduler", help="address of a running Dask scheduler: slides become tasks on its workers")
     p.add_argument("--workers", type=int, default=0, help="run slides as tasks on a local Dask cluster of N worker processes (0: no Dask)")
-    p.add_argument("--patch-size", type=int, default=256, help="patch side in pixels at --mpp")
-    p.add_argument("--mpp", type=float, default=0.5, help="target microns per pixel (0.5 ~ 20x); 0 = each slide's native level 0")
-    p.add_argument("--stride", type=int, default=None, help="grid step in pixels at --mpp (default: patch size, no overlap)")
-    p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept patch")
-    p.add_argument("--batch-size", type=int, default=64, help="patches encoded at once (smaller needs less memory)")
+    p.add_argument("--patch-size", type=int, default=PatchConfig.patch_size, help="patch side in pixels at --mpp")
+    p.add_argument("--mpp", type=float, default=PatchConfig.mpp or 0.0, help="target microns per pixel (0.5 ~ 20x, 0.25 ~ 40x); 0 = each slide's native level 0")
+    p.add_argument("--stride", type=int, default=PatchConfig.stride, help="grid step in pixels at --mpp (default: patch size, no overlap)")
+    p.add_argument("--min-tissue", type=float, default=PatchConfig.min_tissue_fraction, help="minimum tissue fraction of a kept patch")
+    p.add_argument("--batch-size", type=int, default=ExtractConfig.batch_size, help="patches encoded at once (smaller needs less memory)")
     p.add_argument("--overwrite", action="store_true", help="redo every slide with this run's settings, replacing the features in --out; needed to change the encoder, weights, --patch-size, --mpp, --stride or --min-tissue of a folder that holds features (default: off: finished slides are kept, other settings refused)")
     p.set_defaults(func=_extract)
 
@@ -334,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alterations", type=Path, help="YAML file listing alterations (several edits each), added to --alter")
     p.add_argument("--quantiles", default="0.1,0.5,0.9", help="cohort quantiles numeric fields are set to by default (comma-separated)")
     p.add_argument("--per-head", action="store_true", help="add one attention column per head")
+    p.add_argument("--per-class", action="store_true", help="add one attention_class_<class> column per class (models with per-class maps: persam_paper)")
     p.add_argument("--null-field", action="append", default=[], metavar="FIELD", help="a field the model should ignore, for the null test (besides negative controls and the ground truth's noise fields)")
     p.add_argument("--out", type=Path, required=True, help="attention table, .csv or .parquet")
     p.add_argument("--metrics", type=Path, help="write shift, null-test and ground-truth tables to this .json file")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from persam_lib.io.atomic import atomic_path
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.explain.records import DEFAULT_QUANTILES, ORIGINAL, Alteration, default_alterations, numeric_targets
+from persam_lib.models import MODEL_INFO
 from persam_lib.models.base import ModelOutput
 from persam_lib.train.checkpoint import LoadedModel
 from persam_lib.train.data import Bag, ImageInput, collate_records, load_sample
@@ -36,6 +37,7 @@ class ExplainConfig:
 
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES  # numeric fields' targets for the default alterations
     per_head: bool = False  # add one attention_head_<h> column per head
+    per_class: bool = False  # add one attention_class_<class> column per class (models with per-class maps: persam_paper)
     device: str = "auto"  # "auto": CUDA when present
 
 
@@ -73,6 +75,9 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path | None, alter
     values, every numeric field to the cohort's ``config.quantiles``.
     """
     check_run_matches(run, cohort)
+    if config.per_class and not MODEL_INFO[run.config.model].class_maps:
+        with_maps = [m for m, info in MODEL_INFO.items() if info.class_maps]
+        raise ValueError(f"--per-class needs a model with one attention map per class ({', '.join(with_maps)}); {run.path} holds a {run.config.model} run")
     device = Distributed().device(config.device)  # "auto": CUDA when present
     folds = run.folds
     records = cohort.records()
@@ -90,14 +95,14 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path | None, alter
         labels = [ORIGINAL] + [a.label for a in edits]
         table = pd.DataFrame([original] + [a.apply(original) for a in edits])
         out = records_output(loaded[fold], bag, table, device)
-        attention_parts.append(_attention_rows(row.slide_id, bag.coords, bag.patch_size, labels, out, config.per_head))
+        attention_parts.append(_attention_rows(row.slide_id, bag.coords, bag.patch_size, labels, out, config.per_head, run.classes if config.per_class else None))
         probs = torch.softmax(out.logits.float(), -1).cpu().numpy()
         for label, p in zip(labels, probs):
             prediction_rows.append({"slide_id": row.slide_id, "patient_id": row.patient_id, "fold": fold, "record": label, **{f"prob_{c}": float(v) for c, v in zip(run.classes, p)}, "y_pred": run.classes[int(p.argmax())]})
     return Explanation(pd.concat(attention_parts, ignore_index=True), pd.DataFrame(prediction_rows), run.config.model)
 
 
-def _attention_rows(slide_id: str, coords: np.ndarray, size: int, labels: list[str], out: ModelOutput, per_head: bool) -> pd.DataFrame:
+def _attention_rows(slide_id: str, coords: np.ndarray, size: int, labels: list[str], out: ModelOutput, per_head: bool, classes: list[str] | None = None) -> pd.DataFrame:
     k, n = len(labels), len(coords)
     columns = {
         "slide_id": slide_id,
@@ -111,6 +116,10 @@ def _attention_rows(slide_id: str, coords: np.ndarray, size: int, labels: list[s
     if per_head:
         heads = out.patch_attention_heads.float().cpu().numpy()  # (K, H, N)
         columns.update({f"attention_head_{h}": heads[:, h].ravel() for h in range(heads.shape[1])})
+    if classes is not None:  # each class's map, scaled to sum to 1 over the slide like the other maps
+        maps = out.class_patch_attention.float().cpu().numpy()  # (K, C, N)
+        maps = maps / np.maximum(maps.sum(-1, keepdims=True), 1e-12)
+        columns.update({f"attention_class_{c}": maps[:, j].ravel() for j, c in enumerate(classes)})
     return pd.DataFrame(columns)
 
 

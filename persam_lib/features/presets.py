@@ -4,14 +4,15 @@ Each preset fixes the architecture (as mahmoodlab/TRIDENT's ``patch_encoder_mode
 builds it), the read-out, the preprocessing and the embedding size; the weights come from a local
 file the user downloaded from the model's page (``--weights FILE``). Nothing is downloaded.
 
-| preset | model | architecture | features | preprocessing |
-|---|---|---|---|---|
-| ``uni`` | UNI (MahmoodLab) | ViT-L/16, LayerScale | 1024, class token | resize 224, crop 224, ImageNet |
-| ``uni2_h`` | UNI2-h (MahmoodLab) | ViT-H/14, 24 blocks of 1536, SwiGLU, 8 registers | 1536, class token | resize 224, crop 224, ImageNet |
-| ``virchow2`` | Virchow 2 (Paige) | ViT-H/14, SwiGLU, 4 registers | 2560, class ⊕ mean of patch tokens | resize 224 (bicubic), ImageNet |
-| ``h_optimus_0`` | H-optimus-0 (Bioptimus) | ViT-g/14, SwiGLU, 4 registers | 1536, class token | resize 224, H-optimus mean/std |
-| ``prov_gigapath`` | Prov-GigaPath tile encoder | ViT-g/16, SwiGLU | 1536, class token | resize 256 (bicubic), crop 224, ImageNet |
-| ``conch_v1_5`` | CONCH v1.5 (MahmoodLab) | ViT-L/16, LayerScale 1.0, attentional pooler | 768, pooled | resize 448, crop 448, ImageNet |
+The presets::
+
+    | preset | model | architecture | features | preprocessing |
+    | ``uni`` | UNI (MahmoodLab) | ViT-L/16, LayerScale | 1024, class token | resize 224, crop 224, ImageNet |
+    | ``uni2_h`` | UNI2-h (MahmoodLab) | ViT-H/14, 24 blocks of 1536, SwiGLU, 8 registers | 1536, class token | resize 224, crop 224, ImageNet |
+    | ``virchow2`` | Virchow 2 (Paige) | ViT-H/14, SwiGLU, 4 registers | 2560, class ⊕ mean of patch tokens | resize 224 (bicubic), ImageNet |
+    | ``h_optimus_0`` | H-optimus-0 (Bioptimus) | ViT-g/14, SwiGLU, 4 registers | 1536, class token | resize 224, H-optimus mean/std |
+    | ``prov_gigapath`` | Prov-GigaPath tile encoder | ViT-g/16, SwiGLU | 1536, class token | resize 256 (bicubic), crop 224, ImageNet |
+    | ``conch_v1_5`` | CONCH v1.5 (MahmoodLab) | ViT-L/16, LayerScale 1.0, attentional pooler | 768, pooled | resize 448, crop 448, ImageNet |
 
 The timm presets are built with timm when ``import timm`` succeeds, otherwise by our own
 `persam_lib.features.vit.VisionTransformer` in timm's key layout; both load the same files

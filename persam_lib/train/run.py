@@ -19,7 +19,7 @@ import json
 import math
 import sys
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +29,13 @@ from tqdm import tqdm
 
 from persam_lib.io.atomic import dumps_strict, remove_stale_temps, write_json_atomic, write_text_atomic
 from persam_lib.io.locks import output_lock
-from persam_lib.io.yaml_files import load_yaml
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.cohort.sanity import check_trainable
-from persam_lib.models import available_models, create_model
+from persam_lib.cohort.truth import load_truth
+from persam_lib.models import MODEL_INFO, available_models, check_settings, create_model, settings_for
 from persam_lib.models.base import ModelConfig
 from persam_lib.models.clinical import RecordEncoder
+from persam_lib.models.record_groups import group_indices
 from persam_lib.train.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
 from persam_lib.train.data import Bag, FeatureNormaliser, ImageInput, load_samples
 from persam_lib.train.folds import make_folds, split_validation
@@ -53,7 +54,7 @@ class Run:
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(f"{self.path}: not a run directory (no config.json). Run `persam train` first.")
-        self.config = TrainConfig(**json.loads((self.path / "config.json").read_text()))
+        self.config = TrainConfig.from_dict(json.loads((self.path / "config.json").read_text()))
         self.classes: list[str] = json.loads((self.path / "schema.json").read_text())["label"]["classes"]
 
     @property
@@ -131,23 +132,28 @@ def prepare_training(cohort: Cohort, features_dir: str | Path | None, config: Tr
     """Check and read the inputs of a training run, writing nothing.
 
     In this order, each a ValueError (or FileNotFoundError) that says what to do: the model name
-    (for the cohort's input kind), the device, the cohort (`check_trainable`), every sample
-    (slides: `check_feature_folder` — present, consistent and finite; images: readable), the
-    folds, and the model itself, built once from the configuration.
+    (for the cohort's input kind), the model settings it would ignore (`check_settings`), the
+    device, the cohort (`check_trainable`), every sample (slides: `check_feature_folder` —
+    present, consistent and finite; images: readable), the folds, and the model itself, built
+    once from the `ModelConfig` (the settings plus what the data decides; the checkpoint stores it).
     """
     check_models(cohort, [config.model])
+    check_settings(config.model, config.model_settings, cohort.input_kind)
+    if config.attention_loss_weight and not MODEL_INFO[config.model].class_maps:
+        with_maps = [m for m, info in MODEL_INFO.items() if info.class_maps]
+        raise ValueError(f"The training option 'attention_loss_weight' needs a model with one attention map per class ({', '.join(with_maps)}); {config.model} has none. Remove it, or choose such a model.")
     device = distributed.device(config.device)
     warnings = check_trainable(cohort, config.n_folds)
-    bags = load_samples(cohort, features_dir, ImageInput(config.image_size, config.patch_size))  # slides: `check_feature_folder`
+    load_truth(cohort)  # a broken ground-truth file fails now, not after the last fold (run_metrics reads it)
+    bags = load_samples(cohort, features_dir, ImageInput.of(config.model_settings))  # slides: `check_feature_folder`
     patients = sorted({b.patient_id for b in bags})
     patient_labels = cohort.labels().loc[patients]
     folds = make_folds(patient_labels, config.n_folds, config.seed)
     encoder = RecordEncoder(cohort.schema)  # the cardinalities come from the schema alone
-    model_config = ModelConfig(
-        feature_dim=bags[0].image.shape[0] if bags[0].image is not None else bags[0].features.shape[1], n_classes=len(cohort.schema.label.classes), field_cardinalities=encoder.cardinalities,
-        d_model=config.d_model, n_heads=config.n_heads, n_layers=config.n_layers, dropout=config.dropout, use_position=config.use_position,
-        patch_attention=config.patch_attention, checkpoint_activations=config.checkpoint_activations, radiomics_iterations=config.radiomics_iterations,
-        input_kind=cohort.input_kind, image_size=config.image_size, patch_size=config.patch_size, ehr_stages=config.ehr_stages,
+    model_config = ModelConfig.from_settings(
+        config.model_settings, feature_dim=bags[0].image.shape[0] if bags[0].image is not None else bags[0].features.shape[1],
+        n_classes=len(cohort.schema.label.classes), field_cardinalities=encoder.cardinalities, input_kind=cohort.input_kind,
+        record_groups=group_indices(cohort.schema.names, cohort.schema.record_groups()),
     )
     create_model(config.model, model_config)  # a model that cannot be built for these inputs fails here, not in a fold
     return TrainingInputs(bags, patient_labels, folds, cohort.records(), model_config, device, warnings)
@@ -169,7 +175,7 @@ def _sample_digests(bags: list[Bag]) -> dict[str, str]:
 
 def _fold_digest(config: TrainConfig, ids: dict[str, list[str]], bags: list[Bag], samples: dict[str, str], records: pd.DataFrame) -> str:
     """What a fold's results depend on: the configuration, its patients and their samples and records."""
-    h = hashlib.sha256(dumps_strict(asdict(config), sort_keys=True).encode())
+    h = hashlib.sha256(dumps_strict(config.to_dict(), sort_keys=True).encode())
     h.update(json.dumps({k: sorted(v) for k, v in ids.items()}, sort_keys=True).encode())
     for b in sorted(bags, key=lambda b: b.slide_id):
         h.update(samples[b.slide_id].encode())
@@ -195,7 +201,7 @@ def train_cross_validated(
     """Train ``config.model`` with patient-level stratified k-fold CV; every patient is predicted once.
 
     A slide cohort is read as the patch features in ``features_dir``; an image cohort
-    (``cohort.modality == "images"``) is read from its image files at ``config.image_size``, and
+    (``cohort.modality == "images"``) is read from its image files at ``config.model_settings.image_size``, and
     ``features_dir`` is ignored.
 
     Nothing is written until every input is checked (`prepare_training`): a bad model, option,
@@ -229,7 +235,7 @@ def train_cross_validated(
             if todo:  # the pooled results no longer describe the folds: remove them until they are rewritten
                 for name in ("predictions.csv", "metrics.json"):
                     (out_dir / name).unlink(missing_ok=True)
-            write_json_atomic(out_dir / "config.json", asdict(config))
+            write_json_atomic(out_dir / "config.json", config.to_dict())
             write_json_atomic(out_dir / "schema.json", cohort.schema.to_dict())
             features = None if cohort.modality == "images" or features_dir is None else str(Path(features_dir).resolve())
             write_json_atomic(out_dir / "inputs.json", {"manifest": str(cohort.manifest_path), "features_dir": features, "modality": cohort.modality})
@@ -255,11 +261,11 @@ def _check_same_config(out_dir: Path, config: TrainConfig) -> None:
     if not previous.is_file():
         return
     try:
-        recorded = TrainConfig(**json.loads(previous.read_text()))
+        recorded = TrainConfig.from_dict(json.loads(previous.read_text()))
     except (ValueError, TypeError) as err:
         raise ValueError(f"{previous}: not a readable run configuration ({err}). Use a new --out directory, or delete it to retrain.") from None
     if recorded != config:
-        changed = [k for k, v in asdict(config).items() if asdict(recorded).get(k) != v]
+        changed = [k for k, v in config.to_dict().items() if recorded.to_dict().get(k) != v]
         raise ValueError(f"{out_dir} holds a run with a different configuration ({', '.join(changed)} differ). Use a new --out directory, or delete it to retrain.")
 
 
@@ -294,7 +300,7 @@ def _train_fold(cohort: Cohort, fold_dir: Path, fold: int, ids: dict[str, list[s
     model, history = fit(model, train_bags, val_bags, records, encoder, normaliser, config, model_config.n_classes, resume_path=resume, distributed=distributed)
     if not main:
         return
-    probs = evaluate(model, test_bags, records, encoder, normaliser, prepared.device)
+    probs = evaluate(model, test_bags, records, encoder, normaliser, prepared.device, config=config)
     bad = [b.slide_id for b, row in zip(test_bags, probs) if not np.isfinite(row).all()]
     if bad:
         resume.unlink(missing_ok=True)  # a rerun must not resume the diverged state
@@ -340,24 +346,14 @@ def run_metrics(predictions: pd.DataFrame, cohort: Cohort, config: TrainConfig) 
     out: dict = {"model": config.model, "overall": summarise(y, probs, seed=config.seed, classes=classes), "per_fold": {}}
     for fold, part in predictions.groupby("fold"):
         out["per_fold"][str(fold)] = {"n": int(len(part)), "accuracy": float((part["y_true"] == part["y_pred"]).mean())}
-    regions = _regions_table(cohort)
+    truth = load_truth(cohort)
+    regions = truth.region_agreement() if truth is not None else None
     if regions is not None:
-        merged = predictions.merge(regions[["patient_id", "disagree"]], on="patient_id", how="left")
+        merged = predictions.merge(regions, on="patient_id", how="left")
         for name, part in merged.groupby("disagree"):
             key = "regions_disagree" if bool(name) else "regions_agree"
             out[key] = {"n": int(len(part)), "accuracy": float((part["y_true"] == part["y_pred"]).mean())}
     return out
-
-
-def _regions_table(cohort: Cohort) -> pd.DataFrame | None:
-    if cohort.truth_path is None:
-        return None
-    truth = load_yaml(cohort.truth_path, "ground-truth file")
-    if not isinstance(truth, dict) or not truth.get("regions"):
-        return None
-    table = pd.read_csv(cohort.truth_path.parent / truth["regions"], dtype={"patient_id": str, "slide_id": str})
-    table["disagree"] = table["disagree"].astype(str).str.lower() == "true"
-    return table
 
 
 def comparison_table(runs: list[Run]) -> pd.DataFrame:
@@ -382,9 +378,12 @@ def compare_models(
     With ``workers > 1`` (CPU only) models train in parallel processes of one thread each, which
     uses a small machine better than one process with several threads for models this size.
     Under torchrun (``distributed``) the models train one after the other, each on all ranks.
+
+    ``base`` is shared by all models: each gets the model settings it reads and the defaults for
+    the rest (`comparison_configs`), so ``--set n_layers=1`` changes PersAM and leaves ABMIL as it
+    is; a changed setting that none of the models reads is an error.
     """
     from concurrent.futures import ProcessPoolExecutor
-    from dataclasses import replace
     from multiprocessing import get_context
 
     models = list(dict.fromkeys(models))  # a model named twice is trained once
@@ -397,7 +396,8 @@ def compare_models(
         raise ValueError("compare --workers N runs one process per model; under torchrun every rank already trains each model, so use --workers 1")
     device = distributed.device(base.device)  # CUDA asked for where there is none: fail before anything is written
     out_dir = Path(out_dir)
-    jobs = [(cohort.manifest_path, None if features_dir is None else str(features_dir), str(out_dir / m), replace(base, model=m)) for m in models]  # every model's options checked here
+    configs = comparison_configs(base, models, cohort.input_kind)
+    jobs = [(cohort.manifest_path, None if features_dir is None else str(features_dir), str(out_dir / m), configs[m]) for m in models]
     # compare's own folder is locked by this process; each run folder by the process that trains it
     with output_lock(out_dir, "compare") if distributed.is_main else nullcontext():
         if workers > 1 and device.type == "cpu":
@@ -415,6 +415,14 @@ def compare_models(
             remove_stale_temps(out_dir)
             write_text_atomic(out_dir / "comparison.csv", table.to_csv(index=False))
     return table
+
+
+def comparison_configs(base: TrainConfig, models: list[str], input_kind: str) -> dict[str, TrainConfig]:
+    """Each model's configuration in a comparison: ``base`` with that model and the model settings
+    it reads (`settings_for`; the others at their defaults). A setting ``base`` changes that none
+    of ``models`` reads on ``input_kind`` raises the ValueError of `check_settings`."""
+    check_settings(models, base.model_settings, input_kind)
+    return {m: replace(base, model=m, model_settings=settings_for(m, base.model_settings, input_kind)) for m in models}
 
 
 def _train_job(job: tuple[Path, str | None, str, TrainConfig]) -> str:
