@@ -14,7 +14,6 @@ that none of its values reaches the built book.
 """
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -27,7 +26,7 @@ import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from persam_lib.io.atomic import atomic_path, write_text_atomic
+from persam_lib.io.atomic import atomic_path, write_json_atomic, write_text_atomic
 from persam_lib.cohort.demo_tissue import LABEL_DOWNSAMPLE, REGION_LABELS, SlideDesign, render_slide
 from persam_lib.cohort.truth import MASKS_DIR, TRUTH_FILE, mask_file, write_truth
 from persam_lib.slides.tiff_writer import write_pyramidal_tiff
@@ -116,7 +115,7 @@ def made_up_mrns(n: int, seed: list[int]) -> list[str]:
 def write_manifest(out: Path, manifest: dict, settings: dict) -> Path:
     """A generated cohort's settings (``demo_config.json``), then its manifest — written last and
     atomically, so a manifest on disk means a complete cohort. Returns the manifest's path."""
-    write_text_atomic(out / "demo_config.json", json.dumps(settings, indent=2))
+    write_json_atomic(out / "demo_config.json", settings)
     return write_text_atomic(out / "manifest.yaml", yaml.safe_dump(manifest, sort_keys=False))
 
 
