@@ -53,5 +53,5 @@ def run() -> list[Row]:
             rows.append(Row(f"N={n:>6}: persam_paper peak memory (MB) vs our persam (MB)", paper_mb, ours_mb, "", "(information)"))
     sub = _fastest(_setup("persam_paper", 100, device))
     whole = _fastest(_setup("persam_paper", 5_000, device))
-    rows.append(Row("persam_paper: step on a 100-patch sub-bag (ms) vs on a 5k-patch bag (ms)", sub * 1000, whole * 1000, "", "(information)"))
+    rows.append(Row("persam_paper: step on a 5k-patch bag (ms) vs on a 100-patch sub-bag (ms)", whole * 1000, sub * 1000, "", "(information)"))
     return rows
