@@ -20,13 +20,15 @@ from persam_lib.train.loop import TrainConfig
 
 def _demo_cohort(args: argparse.Namespace) -> int:
     if args.kind == "radiograph":
+        if args.subtypes != 2:
+            raise ValueError("--subtypes applies to slide cohorts; the radiograph cohort has two findings (benign, malignant)")
         from persam_lib.cohort.demo_images import RadiographCohortConfig, make_radiograph_cohort
 
         manifest = make_radiograph_cohort(args.out, RadiographCohortConfig(patients=args.patients or 160, seed=args.seed))
     else:
         from persam_lib.cohort.demo import DemoConfig, make_demo_cohort
 
-        manifest = make_demo_cohort(args.out, DemoConfig(patients=args.patients or 128, seed=args.seed))
+        manifest = make_demo_cohort(args.out, DemoConfig(patients=args.patients or 128, seed=args.seed, subtypes=args.subtypes))
     print(f"demo cohort ({args.kind}): written; manifest: {manifest}")
     return 0
 
@@ -284,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["slide", "radiograph"], default="slide", help="whole-slide images (default) or 2-D chest radiographs")
     p.add_argument("--patients", type=int, default=None, help="default: 128 slides, 160 radiographs")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated cohort")
+    p.add_argument("--subtypes", type=int, choices=[2, 3], default=2, help="slide cohorts: classes A, B or A, B, C (each a nuclear phenotype; the record still decides which region counts)")
     p.set_defaults(func=_demo_cohort)
 
     p = sub.add_parser("validate", help="check a manifest, its tables and the cohort, and open every slide or image; every error names file, line and field")

@@ -1,7 +1,7 @@
 """The embedded demo cohort: generated slides, a clinical table and ground truth.
 
 The science is in the data. Every slide has a *nodular* and a *diffuse* lesion region, each of
-phenotype A or B. The categorical field ``site`` says which region decides the label:
+phenotype A or B (or C, with ``DemoConfig(subtypes=3)``). The categorical field ``site`` says which region decides the label:
 ``nodal`` → the nodular region, ``extranodal`` → the diffuse one. In about half of the patients
 the two regions disagree, so an image-only model can be right in at most ~75% of patients,
 while a model that reads the record can be right in all of them — and for every record we know
@@ -31,6 +31,7 @@ from persam_lib.cohort.demo_tissue import LABEL_DOWNSAMPLE, REGION_LABELS, Slide
 from persam_lib.cohort.truth import MASKS_DIR, TRUTH_FILE, mask_file, write_truth
 from persam_lib.slides.tiff_writer import write_pyramidal_tiff
 
+SUBTYPES = "ABC"  # the phenotypes the renderer draws (`demo_tissue._PHENOTYPES`)
 DECIDING_FIELD = "site"
 DIAGNOSTIC_REGION = {"nodal": "nodular", "extranodal": "diffuse"}
 NOISE_FIELDS = ("age", "sex")  # drawn independently of everything else
@@ -48,6 +49,11 @@ class DemoConfig:
     region_radius: int = 420  # level-0 pixels
     mask_downsample: int = 4  # ground-truth masks are stored at this downsample (fixed by the renderer)
     disagree_fraction: float = 0.5
+    subtypes: int = 2  # classes: A, B (default) or A, B, C — each a nuclear phenotype of the deciding region
+
+    @property
+    def classes(self) -> list[str]:
+        return list(SUBTYPES[: self.subtypes])
 
 
 def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bool = True, workers: int | None = None) -> Path:
@@ -93,7 +99,7 @@ def make_demo_cohort(out: str | Path, config: DemoConfig = DemoConfig(), *, prog
         "cohort": "demo",
         "slides": "slides.csv",
         "clinical": "clinical.csv",
-        "label": {"column": "subtype", "classes": ["A", "B"]},
+        "label": {"column": "subtype", "classes": config.classes},
         "fields": {
             "mrn": {"type": "text", "identifying": True},
             "age": {"type": "numeric", "min": 0, "max": 120, "unit": "years"},
@@ -137,16 +143,25 @@ def _design_patients(config: DemoConfig, rng: np.random.Generator) -> pd.DataFra
         raise ValueError(f"mask_downsample must be {LABEL_DOWNSAMPLE} (the renderer's label resolution)")
     if n < 4:
         raise ValueError(f"The demo cohort needs at least 4 patients, got {n}.")
-    subtype = np.array(["A", "B"] * (n // 2) + ["A"] * (n % 2))
+    if config.subtypes not in (2, 3):
+        raise ValueError(f"The demo cohort has 2 or 3 subtypes, got {config.subtypes}.")
+    if n < 2 * config.subtypes:
+        raise ValueError(f"The demo cohort needs at least {2 * config.subtypes} patients for {config.subtypes} subtypes, got {n}.")
+    k = config.subtypes
+    subtype = np.array(config.classes * (n // k) + config.classes[: n % k])
     rng.shuffle(subtype)
     site = rng.choice(["nodal", "extranodal"], size=n)
     disagree = rng.random(n) < config.disagree_fraction
-    other = np.where(disagree, np.where(subtype == "A", "B", "A"), subtype)
+    if k == 2:
+        other = np.where(disagree, np.where(subtype == "A", "B", "A"), subtype)
+    else:  # the other region shows one of the other subtypes' phenotypes, at random
+        shift = rng.integers(1, k, size=n)
+        other = np.where(disagree, np.array(config.classes)[(np.searchsorted(config.classes, subtype) + shift) % k], subtype)
     nodular = np.where(site == "nodal", subtype, other)
     diffuse = np.where(site == "nodal", other, subtype)
     age = np.clip(rng.normal(62, 14, n), 18, 95).round()
     sex = rng.choice(["F", "M"], size=n)
-    ldh = np.clip(rng.normal(np.where(subtype == "B", 330, 250), 90), 80, 2500).round()
+    ldh = np.clip(rng.normal(np.select([subtype == "B", subtype == "C"], [330, 290], 250), 90), 80, 2500).round()
     ldh_missing = rng.random(n) < 0.05
     return pd.DataFrame(
         {

@@ -31,6 +31,7 @@ _NORMAL = (0.5, 3.5, (100, 62, 150))
 _PHENOTYPES = {
     "A": (0.8, 7.0, (125, 85, 175)),  # large vesicular nuclei
     "B": (3.6, 3.0, (55, 28, 105)),  # small dark crowded nuclei
+    "C": (1.8, 4.8, (150, 50, 95)),  # mid-sized, sparse, magenta-red nuclei (the third subtype)
 }
 _CYTOPLASM = np.array(
     [

@@ -29,5 +29,11 @@ def split_validation(patient_labels: pd.Series, fraction: float, seed: int) -> t
     ids = patient_labels.index.to_numpy()
     n_val = max(int(round(len(ids) * fraction)), 2)
     stratify = patient_labels.to_numpy() if patient_labels.value_counts().min() >= 2 else None
+    classes = patient_labels.nunique()
+    if stratify is not None and n_val < classes:  # a stratified split needs a patient of every class on each side
+        if len(ids) - classes >= classes:
+            n_val = classes
+        else:
+            stratify = None
     train, val = train_test_split(ids, test_size=n_val, random_state=seed, stratify=stratify)
     return sorted(train), sorted(val)
