@@ -23,7 +23,7 @@ from tqdm import tqdm
 from persam_lib.io.atomic import atomic_path
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.explain.records import DEFAULT_QUANTILES, ORIGINAL, Alteration, default_alterations, numeric_targets
-from persam_lib.models import MODEL_INFO
+from persam_lib.models import MODEL_INFO, class_map_models
 from persam_lib.models.base import ModelOutput
 from persam_lib.train.checkpoint import LoadedModel
 from persam_lib.train.data import Bag, ImageInput, collate_records, load_sample
@@ -76,8 +76,7 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path | None, alter
     """
     check_run_matches(run, cohort)
     if config.per_class and not MODEL_INFO[run.config.model].class_maps:
-        with_maps = [m for m, info in MODEL_INFO.items() if info.class_maps]
-        raise ValueError(f"--per-class needs a model with one attention map per class ({', '.join(with_maps)}); {run.path} holds a {run.config.model} run")
+        raise ValueError(f"--per-class needs a model with one attention map per class ({', '.join(class_map_models())}); {run.path} holds a {run.config.model} run")
     device = Distributed().device(config.device)  # "auto": CUDA when present
     folds = run.folds
     records = cohort.records()

@@ -121,6 +121,11 @@ def create_model(name: str, config: ModelConfig) -> nn.Module:
     return build(config)
 
 
+def class_map_models() -> list[str]:
+    """The models that return one patch map per class (`ModelOutput.class_patch_attention`)."""
+    return [name for name, info in MODEL_INFO.items() if info.class_maps]
+
+
 def _input_name(input_kind: str) -> str:
     return "2-D images" if input_kind == "image" else "slides"
 
@@ -164,4 +169,4 @@ def settings_for(name: str, settings: ModelSettings, input_kind: str) -> ModelSe
     return replace(settings, **{s: ModelSettings.__dataclass_fields__[s].default for s in settings.changed() if s not in read})
 
 
-__all__ = ["Batch", "ModelConfig", "ModelInfo", "ModelOutput", "ModelSettings", "MODEL_INFO", "READS_RECORD", "available_models", "check_settings", "create_model", "readers_of", "settings_for"]
+__all__ = ["Batch", "ModelConfig", "ModelInfo", "ModelOutput", "ModelSettings", "MODEL_INFO", "READS_RECORD", "available_models", "check_settings", "class_map_models", "create_model", "readers_of", "settings_for"]

@@ -169,8 +169,9 @@ def evaluate(
     """Class probabilities (len(bags), C) in eval mode; with ``config`` using sub-bags, each bag's
     probabilities are the mean over ``subbags_at_test`` seeded sub-bags (the published recipe)."""
     model.eval()
-    count = config.subbags_at_test if config is not None and config.subbag_size else 1
-    scored = sub_bags(bags, config, TEST_DRAW, count) if count > 1 or (config is not None and config.subbag_size) else bags
+    by_sub_bags = config is not None and config.subbag_size > 0
+    count = config.subbags_at_test if by_sub_bags else 1
+    scored = sub_bags(bags, config, TEST_DRAW, count) if by_sub_bags else bags
     out = []
     with torch.no_grad():
         for start in range(0, len(scored), batch_size):

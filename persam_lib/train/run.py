@@ -31,8 +31,8 @@ from persam_lib.io.atomic import dumps_strict, remove_stale_temps, write_json_at
 from persam_lib.io.locks import output_lock
 from persam_lib.cohort.manifest import Cohort
 from persam_lib.cohort.sanity import check_trainable
-from persam_lib.cohort.truth import load_truth
-from persam_lib.models import MODEL_INFO, available_models, check_settings, create_model, settings_for
+from persam_lib.cohort.truth import GroundTruth, load_truth
+from persam_lib.models import MODEL_INFO, available_models, class_map_models, check_settings, create_model, settings_for
 from persam_lib.models.base import ModelConfig
 from persam_lib.models.clinical import RecordEncoder
 from persam_lib.models.record_groups import group_indices
@@ -126,6 +126,7 @@ class TrainingInputs:
     model_config: ModelConfig
     device: torch.device
     warnings: list[str]
+    truth: GroundTruth | None = None  # read once here; the region-agreement metrics use it
 
 
 def prepare_training(cohort: Cohort, features_dir: str | Path | None, config: TrainConfig, distributed: Distributed = Distributed()) -> TrainingInputs:
@@ -140,11 +141,10 @@ def prepare_training(cohort: Cohort, features_dir: str | Path | None, config: Tr
     check_models(cohort, [config.model])
     check_settings(config.model, config.model_settings, cohort.input_kind)
     if config.attention_loss_weight and not MODEL_INFO[config.model].class_maps:
-        with_maps = [m for m, info in MODEL_INFO.items() if info.class_maps]
-        raise ValueError(f"The training option 'attention_loss_weight' needs a model with one attention map per class ({', '.join(with_maps)}); {config.model} has none. Remove it, or choose such a model.")
+        raise ValueError(f"The training option 'attention_loss_weight' needs a model with one attention map per class ({', '.join(class_map_models())}); {config.model} has none. Remove it, or choose such a model.")
     device = distributed.device(config.device)
     warnings = check_trainable(cohort, config.n_folds)
-    load_truth(cohort)  # a broken ground-truth file fails now, not after the last fold (run_metrics reads it)
+    truth = load_truth(cohort)  # a broken ground-truth file fails now, not after the last fold
     bags = load_samples(cohort, features_dir, ImageInput.of(config.model_settings))  # slides: `check_feature_folder`
     patients = sorted({b.patient_id for b in bags})
     patient_labels = cohort.labels().loc[patients]
@@ -156,7 +156,7 @@ def prepare_training(cohort: Cohort, features_dir: str | Path | None, config: Tr
         record_groups=group_indices(cohort.schema.names, cohort.schema.record_groups()),
     )
     create_model(config.model, model_config)  # a model that cannot be built for these inputs fails here, not in a fold
-    return TrainingInputs(bags, patient_labels, folds, cohort.records(), model_config, device, warnings)
+    return TrainingInputs(bags, patient_labels, folds, cohort.records(), model_config, device, warnings, truth)
 
 
 def _sample_digests(bags: list[Bag]) -> dict[str, str]:
@@ -250,7 +250,7 @@ def train_cross_validated(
         if main:
             predictions = pd.concat([pd.read_csv(out_dir / f"fold_{k}" / "predictions.csv", dtype={"patient_id": str, "slide_id": str}) for k in range(config.n_folds)], ignore_index=True)
             write_text_atomic(out_dir / "predictions.csv", predictions.to_csv(index=False))
-            write_json_atomic(out_dir / "metrics.json", run_metrics(predictions, cohort, config))  # last: the run is finished
+            write_json_atomic(out_dir / "metrics.json", run_metrics(predictions, cohort, config, prepared.truth))  # last: the run is finished
         distributed.barrier()
     return Run(out_dir)
 
@@ -337,7 +337,7 @@ def _prediction_table(bags: list[Bag], probs: np.ndarray, fold: int, classes: tu
     return grouped[["patient_id", "slide_id", "fold", "y_true", "y_pred", *prob_cols]]
 
 
-def run_metrics(predictions: pd.DataFrame, cohort: Cohort, config: TrainConfig) -> dict:
+def run_metrics(predictions: pd.DataFrame, cohort: Cohort, config: TrainConfig, truth: GroundTruth | None = None) -> dict:
     """Pooled metrics with bootstrap CIs, per-fold metrics, and (with ground truth) split by region agreement."""
     classes = list(cohort.schema.label.classes)
     prob_cols = [f"prob_{c}" for c in classes]
@@ -346,7 +346,7 @@ def run_metrics(predictions: pd.DataFrame, cohort: Cohort, config: TrainConfig) 
     out: dict = {"model": config.model, "overall": summarise(y, probs, seed=config.seed, classes=classes), "per_fold": {}}
     for fold, part in predictions.groupby("fold"):
         out["per_fold"][str(fold)] = {"n": int(len(part)), "accuracy": float((part["y_true"] == part["y_pred"]).mean())}
-    truth = load_truth(cohort)
+    truth = truth if truth is not None else load_truth(cohort)
     regions = truth.region_agreement() if truth is not None else None
     if regions is not None:
         merged = predictions.merge(regions, on="patient_id", how="left")
