@@ -50,3 +50,43 @@ def test_one_token_per_group_and_each_group_reads_only_its_fields():
 def test_a_group_naming_an_unknown_field_is_an_error():
     with pytest.raises(ValueError, match=r"record groups name fields \['weight'\]"):
         group_indices(["age"], [("g", ("age", "weight"))])
+
+
+def _persam(record_tokens: str, cardinalities, groups):
+    from persam_lib.models import create_model
+    from persam_lib.models.base import ModelConfig, ModelSettings
+
+    settings = ModelSettings(d_model=16, n_heads=2, dropout=0.0, record_tokens=record_tokens)
+    config = ModelConfig.from_settings(settings, feature_dim=8, n_classes=2, field_cardinalities=cardinalities, record_groups=groups)
+    torch.manual_seed(0)
+    return create_model("persam", config).eval()
+
+
+def test_our_persam_reads_one_token_per_group_when_asked():
+    from persam_lib.models.base import Batch
+
+    records = pd.DataFrame({"age": [40.0, 60.0], "sex": ["M", "F"], "ldh": [200.0, 400.0], "site": ["c", "a"]})
+    encoder, codes, values = _encoded(records)
+    groups = group_indices(SCHEMA.names, SCHEMA.record_groups())
+    grouped, per_field = _persam("group", encoder.cardinalities, groups), _persam("field", encoder.cardinalities, groups)
+    assert isinstance(grouped.clinical, GroupTokenizer) and grouped.n_record == 3
+    assert per_field.n_record == 4
+    features = torch.randn(1, 12, 8)
+    batch = Batch(features, torch.ones(1, 12, dtype=torch.bool), torch.zeros(1, 12, 2, dtype=torch.long), codes, values)
+    out = grouped(batch)
+    assert out.logits.shape == (2, 2) and out.patch_attention.shape == (2, 12)
+    assert out.field_attention is None  # it attends to groups, not fields
+    assert per_field(batch).field_attention.shape == (2, 4)
+    # the record still steers the map: the two patients' maps differ
+    assert not torch.allclose(out.patch_attention[0], out.patch_attention[1])
+    with torch.no_grad():  # the ldh group's token is what changes when ldh changes
+        changed = values.clone()
+        changed[:, 2] += 3.0
+        assert not torch.allclose(grouped(Batch(features, batch.patch_mask, batch.coords, codes, changed)).patch_attention, out.patch_attention)
+
+
+def test_record_tokens_accepts_only_field_or_group():
+    from persam_lib.models.base import ModelSettings
+
+    with pytest.raises(ValueError, match="record_tokens' must be 'field' or 'group'"):
+        ModelSettings(record_tokens="fields")

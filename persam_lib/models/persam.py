@@ -10,6 +10,11 @@ By default (``patch_attention="bipartite"``) patch tokens attend to the class an
 to themselves but not to each other: cost and memory grow linearly with the bag, and the class
 token's map stays tied to each patch's own content. ``"full"`` lets every token attend to every
 token. The last block updates only the class token, as nothing else reaches the classifier.
+
+``record_tokens="group"`` reads the record as the published PersAM does: one token per group of
+fields (the manifest's ``groups:``; a field in no group is a group of its own), each group's vector
+through Linear–ReLU–Linear (`GroupTokenizer`), so both PersAMs can be compared on one record
+encoding. ``field_attention`` is then None: the class token attends to groups, not to fields.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput
 from persam_lib.models.clinical import ClinicalTokenizer
 from persam_lib.models.layers import TransformerBlock, attention_rollout, patch_embedding, renormalise
+from persam_lib.models.record_groups import GroupTokenizer
 
 
 class PersAM(nn.Module):
@@ -31,7 +37,13 @@ class PersAM(nn.Module):
         d = config.d_model
         self.patch_embed = patch_embedding(config.feature_dim, d, config.dropout)
         self.position = nn.Linear(2, d) if config.use_position else None
-        self.clinical = ClinicalTokenizer(config.field_cardinalities, d)
+        if config.record_tokens == "group":
+            groups = config.record_groups or tuple((j,) for j in range(len(config.field_cardinalities)))
+            self.clinical = GroupTokenizer(config.field_cardinalities, groups, d) if groups else ClinicalTokenizer((), d)
+            self.n_record = len(groups)
+        else:
+            self.clinical = ClinicalTokenizer(config.field_cardinalities, d)
+            self.n_record = len(config.field_cardinalities)
         self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         self.type_embed = nn.Parameter(torch.randn(3, d) * 0.02)  # class / clinical / patch token types
         bipartite = config.patch_attention == "bipartite"
@@ -40,7 +52,7 @@ class PersAM(nn.Module):
         self.head = nn.Linear(d, config.n_classes)
 
     def embed_tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The global tokens [class, one per field] (B, 1 + F, d) and the patch tokens (B, N, d).
+        """The global tokens [class, one per field or group] (B, 1 + F, d) and the patch tokens (B, N, d).
 
         For one bag under B records the patch tokens are that bag's alone (1, N, d).
         """
@@ -52,7 +64,7 @@ class PersAM(nn.Module):
         return torch.cat([self.cls_token.expand(b, -1, -1) + self.type_embed[0], fields], dim=1), patches
 
     def forward(self, batch: Batch, *, rollout: bool = False) -> ModelOutput:
-        f = len(self.config.field_cardinalities)
+        f = self.n_record
         globals_, patches = self.embed_tokens(batch)
         mask = batch.patch_mask
         operators = []
@@ -69,7 +81,7 @@ class PersAM(nn.Module):
         return ModelOutput(
             logits=self.head(self.norm(cls[:, 0])),
             patch_attention=renormalise(mean_attention[:, 1 + f :]),
-            field_attention=renormalise(mean_attention[:, 1 : 1 + f]),
+            field_attention=renormalise(mean_attention[:, 1 : 1 + f]) if self.config.record_tokens == "field" else None,
             patch_attention_heads=renormalise(cls_attention[:, :, 1 + f :]),
             patch_attention_rollout=renormalise(attention_rollout(mean_attention, operators)[:, 1 + f :]) if rollout else None,
         )
