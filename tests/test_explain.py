@@ -187,3 +187,17 @@ def test_heatmaps_are_painted_at_thumbnail_resolution():
     assert np.isnan(canvas).sum() == 8 * 12 - 32
     edge = paint_patches((8, 12), 64.0, np.array([[640, 384]]), 256, np.array([1.0]))  # clipped at the border
     assert (edge[6:8, 10:12] == 1.0).all() and np.nansum(edge) == 4
+
+
+def test_selectivity_is_the_diagnostic_share_of_the_mass_on_both_lesions():
+    import pandas as pd
+
+    from persam_lib.explain.summary import selectivity_ci, summarise_truth
+
+    scores = pd.DataFrame({"slide_id": ["s1", "s2", "s3"], "record": [ORIGINAL] * 3, "mass_diagnostic": [0.6, 0.2, 0.0], "mass_other_region": [0.2, 0.0, 0.0], "auroc": [0.9, 0.8, 0.5]})
+    value, low, high = selectivity_ci(scores)
+    assert value == pytest.approx(0.8 / 1.0)  # a ratio of sums: s3, with nothing on either lesion, weighs nothing
+    assert 0.0 <= low <= value <= high <= 1.0
+    row = summarise_truth({"persam": scores}, "site").iloc[0]
+    assert row["selectivity"] == pytest.approx(0.8) and row["mass_other_region"] == pytest.approx(0.2 / 3)
+    assert np.isnan(selectivity_ci(scores.assign(mass_diagnostic=0.0, mass_other_region=0.0))[0])  # nothing on either lesion: undefined

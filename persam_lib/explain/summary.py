@@ -78,11 +78,29 @@ def null_comparison(shift: pd.DataFrame, null_fields: list[str], metric: str = "
     return pd.DataFrame(rows, columns=columns)
 
 
+def selectivity_ci(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(value, low, high): attention mass on the diagnostic region as a share of the mass on both
+    lesion regions — Σ diagnostic / Σ (diagnostic + other region) over the rows of `truth_scores`
+    (1 = nothing on the region the record says does not count) — with a percentile bootstrap
+    interval over rows. A ratio of sums, so slides that attend little to either region weigh little."""
+    diagnostic = scores["mass_diagnostic"].to_numpy(dtype=float)
+    both = diagnostic + scores["mass_other_region"].to_numpy(dtype=float)
+    if len(both) == 0 or both.sum() <= 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(both), (n_boot, len(both)))
+    ratios = diagnostic[picks].sum(1) / np.maximum(both[picks].sum(1), 1e-12)
+    alpha = (1 - level) / 2
+    return float(diagnostic.sum() / both.sum()), float(np.quantile(ratios, alpha)), float(np.quantile(ratios, 1 - alpha))
+
+
 def summarise_truth(scores: dict[str, pd.DataFrame], deciding_field: str) -> pd.DataFrame:
     """Per source of attention (a model, or the ``uniform`` and ``random`` baselines) and record
     group (the original record; records with the deciding field altered): attention mass on the
     region that is diagnostic under the record and the AUROC of attention for patches inside it,
-    each with a 95% bootstrap CI over slides, and the mass on the other region."""
+    each with a 95% bootstrap CI over slides, the mass on the other region, and the *selectivity*
+    (mass on the diagnostic region / mass on both lesion regions, 1 = none on the
+    region the record says does not count; `selectivity_ci`)."""
     rows = []
     for source, table in scores.items():
         flipped = table["record"].str.contains(f"{deciding_field}=", regex=False)
@@ -93,6 +111,7 @@ def summarise_truth(scores: dict[str, pd.DataFrame], deciding_field: str) -> pd.
             _with_ci(row, "mass_diagnostic", part["mass_diagnostic"].to_numpy())
             _with_ci(row, "auroc", part["auroc"].to_numpy())
             row["mass_other_region"] = float(part["mass_other_region"].mean())
+            row["selectivity"], row["selectivity_low"], row["selectivity_high"] = selectivity_ci(part)
             rows.append(row)
     return pd.DataFrame(rows)
 
