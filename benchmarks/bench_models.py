@@ -13,39 +13,25 @@ CPU: N = 1k, 5k, 20k, and 100k for memory (the bag size a GPU must take). CUDA: 
 """
 from __future__ import annotations
 
-import resource
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.common import Row, status_mb
+from benchmarks.common import Row
+from persam_lib.models.base import ModelSettings
+from persam_lib.models.cost import StepSpec, training_step
+from persam_lib.models.cost import peak_memory_mb as cost_peak_memory_mb
 
 FEATURE_DIM = 1024
 
 
+def _spec(name: str, n: int, device: torch.device, checkpointing: bool = False, n_layers: int = 2) -> StepSpec:
+    settings = ModelSettings(d_model=128, n_heads=4, n_layers=n_layers, checkpoint_activations=checkpointing)
+    return StepSpec(name, n, FEATURE_DIM, settings, device=str(device))
+
+
 def _setup(name: str, n: int, device: torch.device, checkpointing: bool = False, n_layers: int = 2):
-    from persam_lib.models import Batch, ModelConfig, create_model
-
-    torch.manual_seed(0)
-    config = ModelConfig(feature_dim=FEATURE_DIM, n_classes=2, field_cardinalities=(0, 2, 2, 0), d_model=128, n_heads=4, n_layers=n_layers, checkpoint_activations=checkpointing)
-    model = create_model(name, config).to(device).train()
-    optimiser = torch.optim.AdamW(model.parameters())
-    side = int(n**0.5) + 1
-    idx = torch.arange(n)
-    batch = Batch(torch.randn(1, n, FEATURE_DIM), torch.ones(1, n, dtype=torch.bool), torch.stack([idx % side, idx // side], -1)[None] * 256, torch.tensor([[1, 1, 2, 1]]), torch.zeros(1, 4)).to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-
-    def step() -> None:
-        with autocast:
-            loss = model(batch).logits.float().sum()
-        loss.backward()
-        optimiser.step()
-        optimiser.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    return step
+    return training_step(_spec(name, n, device, checkpointing, n_layers))
 
 
 def step_times(n: int, device: torch.device, rounds: int = 6) -> tuple[float, float]:
@@ -61,40 +47,13 @@ def step_times(n: int, device: torch.device, rounds: int = 6) -> tuple[float, fl
     return best["persam"], best["abmil"]
 
 
-def _peak_mb(job: tuple[str, int, bool, int]) -> float:
-    """Peak memory (MB) of two training steps with their model, optimiser and bag, in a fresh process.
-
-    On CPU the peak resident size is reset after setting up (Linux: /proc/self/clear_refs), so the
-    interpreter's own start-up peak does not hide the step's.
-    """
-    name, n, checkpointing, n_layers = job
-    torch.set_num_threads(2)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    step = _setup(name, n, device, checkpointing, n_layers)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    elif Path("/proc/self/clear_refs").exists():
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
-    step()
-    step()
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    if Path("/proc/self/status").exists():
-        return status_mb("VmHWM")
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def peak_memory_mb(name: str, n: int, checkpointing: bool = False, n_layers: int = 2) -> float | None:
-    """`_peak_mb` in a spawned process; None if it failed (out of memory kills the worker)."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    try:
-        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            return pool.submit(_peak_mb, (name, n, checkpointing, n_layers)).result()
-    except Exception as err:  # noqa: BLE001 - report and go on
-        print(f"  {name} at N={n}: failed ({type(err).__name__}), likely out of memory")
-        return None
+    """Peak memory (MB) of two steps in a fresh process (`persam_lib.models.cost.peak_memory_mb`); None if it failed."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = cost_peak_memory_mb(_spec(name, n, device, checkpointing, n_layers))
+    if peak is None:
+        print(f"  {name} at N={n}: failed, likely out of memory")
+    return peak
 
 
 def run() -> list[Row]:

@@ -9,12 +9,11 @@ whole bag.
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
 from benchmarks.bench_models import _setup, peak_memory_mb
 from benchmarks.common import Row
+from persam_lib.models.cost import fastest_seconds
 
 BUDGET_GB = 8.0  # CPU machines here have 24 GB; leave room for everything else
 SCORE_COPIES = 8  # (heads, T, T) float32 tensors alive per layer in forward + backward (scores, masks, group softmaxes, weights)
@@ -26,16 +25,6 @@ def estimated_gb(n: int, heads: int = 4, layers: int = 2, groups: int = 4, class
     return layers * heads * t * t * 4 * SCORE_COPIES / 2**30
 
 
-def _fastest(step, rounds: int = 4) -> float:
-    step()  # warm-up
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def run() -> list[Row]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(2)
@@ -45,13 +34,13 @@ def run() -> list[Row]:
         if estimated_gb(n) > budget:
             rows.append(Row(f"N={n:>6}: persam_paper does not fit: ~{estimated_gb(n):.0f} GB of attention vs budget (GB)", estimated_gb(n), budget, "", "all-to-all: use sub-bags"))
             continue
-        paper_s = _fastest(_setup("persam_paper", n, device))
-        ours_s = _fastest(_setup("persam", n, device))
+        paper_s = fastest_seconds(_setup("persam_paper", n, device))
+        ours_s = fastest_seconds(_setup("persam", n, device))
         rows.append(Row(f"N={n:>6}: persam_paper step (ms) vs our persam step (ms), {device.type}", paper_s * 1000, ours_s * 1000, "", "(information)"))
         paper_mb, ours_mb = peak_memory_mb("persam_paper", n), peak_memory_mb("persam", n)
         if paper_mb and ours_mb:
             rows.append(Row(f"N={n:>6}: persam_paper peak memory (MB) vs our persam (MB)", paper_mb, ours_mb, "", "(information)"))
-    sub = _fastest(_setup("persam_paper", 100, device))
-    whole = _fastest(_setup("persam_paper", 5_000, device))
+    sub = fastest_seconds(_setup("persam_paper", 100, device))
+    whole = fastest_seconds(_setup("persam_paper", 5_000, device))
     rows.append(Row("persam_paper: step on a 5k-patch bag (ms) vs on a 100-patch sub-bag (ms)", whole * 1000, sub * 1000, "", "(information)"))
     return rows

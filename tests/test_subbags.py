@@ -41,3 +41,19 @@ def test_options_are_checked():
         SubBagConfig(size=100, per_slide=0)
     with pytest.raises(ValueError, match="at least one patch"):
         sub_bag_indices(0, 10, 1, sub_bag_rng(0, 0, 0))
+
+
+def test_evaluation_scores_a_small_bag_once_and_a_large_one_per_sub_bag():
+    from persam_lib.train.data import Bag
+    from persam_lib.train.loop import TrainConfig, sub_bags
+
+    def bag(i: int, n: int) -> Bag:
+        return Bag(f"S{i}", f"P{i}", np.zeros((n, 3), np.float32), np.zeros((n, 2), np.int64), 256, 0)
+
+    bags = [bag(0, 40), bag(1, 250)]
+    config = TrainConfig.of(subbag_size=100, subbags_at_test=50)
+    scored = sub_bags(bags, config, 0, 50, evaluating=True)
+    assert [b.slide_id for b in scored].count("S0") == 1 and len(scored[0].features) == 40  # every draw would be the whole bag
+    assert [b.slide_id for b in scored].count("S1") == 50 and all(len(b.features) == 100 for b in scored[1:])
+    training = sub_bags(bags, config, 0, 3)
+    assert [b.slide_id for b in training].count("S0") == 3  # in training each draw is one more step

@@ -81,7 +81,7 @@ def on_cnn_cells(bag_model: Builder, name: str) -> Builder:
 # The settings each model reads (`ModelSettings`), checked by tests/test_configs.py: changing a
 # setting a model does not list must leave it unchanged.
 _EMBED = frozenset({"d_model", "dropout"})  # every model: embedding width, dropout
-_PERSAM = _EMBED | {"n_heads", "n_layers", "mlp_ratio", "use_position", "patch_attention", "checkpoint_activations", "record_tokens"}
+_PERSAM = _EMBED | {"n_heads", "n_layers", "mlp_ratio", "use_position", "patch_attention", "checkpoint_activations", "record_tokens", "class_token_reads"}
 _TRANSMIL = _EMBED | {"n_heads", "mlp_ratio"}  # two Transformer layers, fixed
 _MMA = _EMBED | {"n_heads"}
 _CHEX = _EMBED | {"radiomics_iterations", "region_fraction"}

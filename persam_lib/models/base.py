@@ -36,6 +36,7 @@ class ModelSettings:
     grid_cell: int = 16  # 2-D images: side of a cell of the grid the attention is over, in model-input pixels (a power of two)
     ehr_stages: str = "3,4"  # MMA-MGMU on 2-D images: the CNN stages (1-based, comma-separated) whose spatial attention the record steers
     norm: str = "post"  # persam_paper: "post" (LayerNorm after each residual, as released) or "pre"
+    class_token_reads: str = "all"  # PersAM (bipartite): before the last block the class token attends to "all" tokens, or to the "record" (and itself) only
     record_tokens: str = "field"  # PersAM: one token per clinical "field", or one per record "group" (the manifest's groups:, as the published PersAM)
 
     RENAMED: ClassVar[dict[str, str]] = {"patch_size": "grid_cell"}  # old name -> new name, still accepted (with a deprecation message)

@@ -116,7 +116,8 @@ def _softmax_over_few(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _global_row_attention(
-    q: torch.Tensor, k_global: torch.Tensor, v_global: torch.Tensor, k_patches: torch.Tensor, v_patches: torch.Tensor, patch_mask: torch.Tensor, n_heads: int, p: float, training: bool
+    q: torch.Tensor, k_global: torch.Tensor, v_global: torch.Tensor, k_patches: torch.Tensor, v_patches: torch.Tensor, patch_mask: torch.Tensor, n_heads: int, p: float, training: bool,
+    class_sees_patches: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries q (B, Q, d) of global tokens attending to every token (globals, then patches).
 
@@ -127,6 +128,10 @@ def _global_row_attention(
     g, dh = k_global.shape[1], d // n_heads
     queries = _block_diagonal(q, n_heads, heads_first=False)  # (B, H*Q, d); keys along the last axis below, so the softmax runs over contiguous memory
     scores_patches = (queries @ k_patches.transpose(1, 2)).float().masked_fill(~patch_mask[:, None, :], float("-inf"))  # (B, H*Q, N)
+    if not class_sees_patches:  # the class token (query 0 of each head: rows h*Q) attends to the global tokens only
+        blocked = torch.zeros(n_heads, n_queries, 1, dtype=torch.bool, device=q.device)
+        blocked[:, 0] = True
+        scores_patches = scores_patches.masked_fill(blocked.view(1, n_heads * n_queries, 1), float("-inf"))
     scores = torch.cat([(queries @ k_global.transpose(1, 2)).float(), scores_patches], dim=2) / math.sqrt(dh)  # (B, H*Q, G + N)
     weights = torch.softmax(scores, dim=-1)
     kept = dropout(weights, p, training).to(v_patches.dtype)
@@ -234,14 +239,15 @@ class FullAttention(_Projections):
 class BipartiteAttention(_Projections):
     """Global tokens attend to every token; each patch token to the global tokens and itself: O(N·G)."""
 
-    def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, G, d), (B, N, d) → the attended global and patch tokens, same shapes."""
+    def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor, class_sees_patches: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, G, d), (B, N, d) → the attended global and patch tokens, same shapes. With
+        ``class_sees_patches=False`` the class token (global token 0) attends to the global tokens only."""
         bp, n, d = patches.shape  # bp = 1 for one bag shared by all B records: its projections are computed once
         b, g = globals_.shape[:2]
         h, dh, p = self.n_heads, self.head_dim, self.dropout if self.training else 0.0
         q_g, k_g, v_g = self.qkv(globals_).split(d, dim=-1)  # each (B, G, d)
         q_p, k_p, v_p = self.qkv(patches).split(d, dim=-1)  # each (Bp, N, d)
-        out_g, _ = _global_row_attention(q_g, k_g, v_g, k_p, v_p, patch_mask, h, p, self.training)
+        out_g, _ = _global_row_attention(q_g, k_g, v_g, k_p, v_p, patch_mask, h, p, self.training, class_sees_patches)
         weights = dropout(_patch_row_weights(q_p, k_p, k_g, h), p, self.training).to(v_p.dtype)  # (B, N, H, G + 1)
         from_globals = weights[..., :g].reshape(b, n, h * g) @ _block_diagonal(v_g, h, heads_first=False)  # (B, N, d)
         own = (weights[..., g:] * v_p.view(bp, n, h, dh)).view(b, n, d)
@@ -282,9 +288,9 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, d_model))
         self.drop = Dropout(dropout)
 
-    def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor, class_sees_patches: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Global tokens (B, G, d), patch tokens (B, N, d) and the patch mask (B, N) → the updated global and patch tokens."""
-        attended_g, attended_p = self.attn(self.norm1(globals_), self.norm1(patches), patch_mask)
+        attended_g, attended_p = self.attn(self.norm1(globals_), self.norm1(patches), patch_mask, class_sees_patches) if not class_sees_patches else self.attn(self.norm1(globals_), self.norm1(patches), patch_mask)
         globals_, patches = globals_ + self.drop(attended_g), patches + self.drop(attended_p)
         return globals_ + self.drop(self.mlp(self.norm2(globals_))), patches + self.drop(self.mlp(self.norm2(patches)))
 

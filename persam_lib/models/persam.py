@@ -68,13 +68,14 @@ class PersAM(nn.Module):
         globals_, patches = self.embed_tokens(batch)
         mask = batch.patch_mask
         operators = []
+        sees = self.config.class_token_reads == "all"
         for block in self.blocks[:-1]:
             if rollout:
                 operators.append(block.attention_operator(globals_, patches, mask))
             if self.config.checkpoint_activations and self.training:
-                globals_, patches = checkpoint(block, globals_, patches, mask, use_reentrant=False)
+                globals_, patches = checkpoint(block, globals_, patches, mask, sees, use_reentrant=False)
             else:
-                globals_, patches = block(globals_, patches, mask)
+                globals_, patches = block(globals_, patches, mask, sees)
         # the last block updates the class token only: the head reads nothing else
         cls, cls_attention = self.blocks[-1].forward_class_token(globals_, patches, mask)  # (B, 1, d), (B, H, 1 + F + N)
         mean_attention = cls_attention.mean(1)  # (B, 1 + F + N), averaged over heads

@@ -142,18 +142,28 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return config.lr * (0.1 ** (epoch // config.lr_step) if config.lr_step else 1.0)
 
 
-def sub_bags(bags: list[Bag], config: TrainConfig, epoch: int, count: int) -> list[Bag]:
+def draws_of(bag: Bag, config: TrainConfig, count: int, *, evaluating: bool = False) -> int:
+    """How many sub-bags `sub_bags` cuts from ``bag``: ``count``; one for a 2-D image, and, when
+    ``evaluating``, one for a bag no larger than a sub-bag (every draw would hold the same patches,
+    and a model in eval mode gives them the same prediction: averaging copies would only cost time)."""
+    if bag.features is None or (evaluating and len(bag.features) <= config.subbag_size):
+        return 1
+    return count
+
+
+def sub_bags(bags: list[Bag], config: TrainConfig, epoch: int, count: int, *, evaluating: bool = False) -> list[Bag]:
     """Each slide's bag cut into ``count`` random sub-bags of ``config.subbag_size`` patches
-    (`persam_lib.train.subbags`: seeded by seed, epoch and slide); whole bags when sub-bags are off
-    or for images. A sub-bag is a `Bag` of the same slide, patient and label."""
+    (`persam_lib.train.subbags`: seeded by seed, epoch and slide; `draws_of` says how many); whole
+    bags when sub-bags are off or for images. A sub-bag is a `Bag` of the same slide, patient and label."""
     if not config.subbag_size:
         return list(bags)
     out = []
     for i, bag in enumerate(bags):
-        if bag.features is None:  # 2-D images are read whole
+        draws = draws_of(bag, config, count, evaluating=evaluating)
+        if bag.features is None or (draws == 1 and len(bag.features) <= config.subbag_size):  # images, and small bags in evaluation, stay whole
             out.append(bag)
             continue
-        for rows in sub_bag_indices(len(bag.features), config.subbag_size, count, sub_bag_rng(config.seed, epoch, i)):
+        for rows in sub_bag_indices(len(bag.features), config.subbag_size, draws, sub_bag_rng(config.seed, epoch, i)):
             out.append(dataclasses.replace(bag, features=bag.features[rows], coords=bag.coords[rows]))
     return out
 
@@ -171,7 +181,7 @@ def evaluate(
     model.eval()
     by_sub_bags = config is not None and config.subbag_size > 0
     count = config.subbags_at_test if by_sub_bags else 1
-    scored = sub_bags(bags, config, TEST_DRAW, count) if by_sub_bags else bags
+    scored = sub_bags(bags, config, TEST_DRAW, count, evaluating=True) if by_sub_bags else bags
     out = []
     with torch.no_grad():
         for start in range(0, len(scored), batch_size):
@@ -180,8 +190,8 @@ def evaluate(
                 logits = model(batch).logits
             out.append(torch.softmax(logits.float(), -1).cpu().numpy())
     probs = np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
-    if len(scored) != len(bags):  # average each slide's sub-bags (images stay whole: one row each)
-        owner = np.repeat(np.arange(len(bags)), [count if b.features is not None else 1 for b in bags])
+    if len(scored) != len(bags):  # average each slide's sub-bags (images and small bags stay whole: one row each)
+        owner = np.repeat(np.arange(len(bags)), [draws_of(b, config, count, evaluating=True) for b in bags])
         probs = np.stack([probs[owner == i].mean(0) for i in range(len(bags))])
     return probs
 

@@ -1,0 +1,133 @@
+"""What a model's training step costs against bag size: time and peak memory, measured.
+
+The book's comparison of the two PersAMs and the benchmarks (`make bench`) measure the same way:
+one synthetic bag of ``n`` patches with a four-field record, one forward and backward pass and an
+AdamW step. Time is the fastest of a few rounds after a warm-up (load from other tenants inflates
+the slower ones). Peak memory is measured in a fresh process, since a process's peak resident size
+only grows: on CPU the peak resident size after set-up (Linux: reset through /proc/self/clear_refs),
+on CUDA the peak allocated.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from persam_lib.models.base import Batch, ModelConfig, ModelSettings
+
+RECORD_CARDINALITIES = (0, 2, 2, 0)  # a numeric, two binary and a numeric field, like the demo cohort
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One measured training step: which model, on how many patches of how many features."""
+
+    model: str
+    n_patches: int
+    feature_dim: int = 1024
+    settings: ModelSettings = ModelSettings(d_model=128)
+    n_classes: int = 2
+    device: str = "cpu"
+
+
+def training_step(spec: StepSpec) -> Callable[[], None]:
+    """A function that runs one training step of ``spec`` (bf16 autocast on CUDA)."""
+    from persam_lib.models import create_model
+
+    torch.manual_seed(0)
+    device = torch.device(spec.device)
+    config = ModelConfig.from_settings(spec.settings, feature_dim=spec.feature_dim, n_classes=spec.n_classes, field_cardinalities=RECORD_CARDINALITIES)
+    model = create_model(spec.model, config).to(device).train()
+    optimiser = torch.optim.AdamW(model.parameters())
+    n = spec.n_patches
+    side = int(n**0.5) + 1
+    index = torch.arange(n)
+    coords = torch.stack([index % side, index // side], -1)[None] * 256
+    batch = Batch(torch.randn(1, n, spec.feature_dim), torch.ones(1, n, dtype=torch.bool), coords, torch.tensor([[1, 1, 2, 1]]), torch.zeros(1, 4)).to(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step() -> None:
+        with autocast:
+            loss = model(batch).logits.float().sum()
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
+def fastest_seconds(step: Callable[[], None], rounds: int = 4) -> float:
+    """The fastest of ``rounds`` calls of ``step``, after one warm-up call."""
+    step()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _peak_in_this_process(spec: StepSpec) -> float:
+    torch.set_num_threads(2)
+    step = training_step(spec)
+    if spec.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    elif Path("/proc/self/clear_refs").exists():
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
+    step()
+    step()
+    if spec.device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    if Path("/proc/self/status").exists():
+        return _status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory_mb(spec: StepSpec) -> float | None:
+    """Peak memory (MB) of two training steps of ``spec`` in a fresh process; None when the
+    process failed (running out of memory kills it)."""
+    try:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            return pool.submit(_peak_in_this_process, spec).result()
+    except Exception:  # noqa: BLE001 - out of memory, or a killed worker: no measurement
+        return None
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """The measured cost of one training step."""
+
+    model: str
+    n_patches: int
+    step_ms: float
+    peak_mb: float | None
+
+
+def step_costs(models: list[str], sizes: list[int], *, settings: ModelSettings = ModelSettings(), feature_dim: int = 1024, device: str = "cpu", memory: bool = True) -> list[StepCost]:
+    """Step time (ms) and peak memory (MB) of each model at each bag size; the models are timed
+    alternately at each size, so load from other tenants hits them alike."""
+    costs = []
+    for n in sizes:
+        specs = [StepSpec(m, n, feature_dim, settings, device=device) for m in models]
+        steps = [training_step(s) for s in specs]
+        best = [fastest_seconds(s, rounds=1) for s in steps]  # warm-up and a first time each
+        for _ in range(3):
+            best = [min(b, fastest_seconds(s, rounds=1)) for b, s in zip(best, steps)]
+        costs += [StepCost(s.model, n, b * 1000, peak_memory_mb(s) if memory else None) for s, b in zip(specs, best)]
+    return costs
+
