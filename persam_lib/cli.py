@@ -99,21 +99,27 @@ def _import_features(args: argparse.Namespace) -> int:
     return 1 if summary.failed or summary.missing else 0
 
 
-def _train_config(args: argparse.Namespace, modality: str, **fixed) -> TrainConfig:
-    """The modality's defaults, the shortcut flags, then ``--config FILE.yaml``, then ``--set NAME=VALUE``."""
-    from persam_lib.options import configure
+def _train_config(args: argparse.Namespace, modality: str, **fixed) -> tuple[TrainConfig, set[str]]:
+    """The modality's defaults, the shortcut flags, then ``--config FILE.yaml``, then ``--set NAME=VALUE``;
+    and the names the user gave (a model's training recipe fills the others, `persam_lib.train.recipes`)."""
+    from persam_lib.options import configure, load_overrides, parse_assignments
 
     base = TrainConfig.for_modality(modality, n_folds=args.folds, epochs=args.epochs, seed=args.seed, device=args.device, **fixed)
-    return configure(base, args.config, args.set)
+    given = {"n_folds", "epochs", "seed", "device", *fixed} | ({"lr"} if modality == "images" else set())  # the flags, and the images' own lr
+    given |= set(load_overrides(args.config)) if args.config else set()
+    given |= set(parse_assignments(args.set)) if args.set else set()
+    return configure(base, args.config, args.set), given
 
 
 def _train(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
     from persam_lib.train.distributed import distributed_session
+    from persam_lib.train.recipes import with_recipe
     from persam_lib.train.run import train_cross_validated
 
     cohort = load_manifest(args.manifest)
-    config = _train_config(args, cohort.modality, model=args.model)
+    config, given = _train_config(args, cohort.modality, model=args.model)
+    config = with_recipe(config, given)
     with distributed_session() as distributed:
         run = train_cross_validated(cohort, args.features, args.out, config, distributed=distributed)
         if distributed.is_main:
@@ -132,9 +138,9 @@ def _compare(args: argparse.Namespace) -> int:
 
     cohort = load_manifest(args.manifest)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    config = _train_config(args, cohort.modality)
+    config, given = _train_config(args, cohort.modality)
     with distributed_session() as distributed:
-        table = compare_models(cohort, args.features, args.out, models, config, workers=args.workers, distributed=distributed)
+        table = compare_models(cohort, args.features, args.out, models, config, workers=args.workers, distributed=distributed, given=given)
         if distributed.is_main:
             columns = [c for c in ("model", "balanced_accuracy", "balanced_accuracy_low", "balanced_accuracy_high", "auroc", "accuracy_regions_disagree") if c in table]
             print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

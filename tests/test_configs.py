@@ -24,7 +24,7 @@ DATA_FIELDS = {"feature_dim", "n_classes", "field_cardinalities", "input_kind", 
 # a valid value other than the default for every setting (what a user might --set)
 OTHER = {
     "d_model": 32, "n_heads": 2, "n_layers": 3, "mlp_ratio": 4.0, "dropout": 0.3, "use_position": True, "patch_attention": "full",
-    "checkpoint_activations": True, "radiomics_iterations": 3, "region_fraction": 0.5, "image_size": 64, "grid_cell": 8, "ehr_stages": "2", "norm": "pre", "record_tokens": "group",
+    "checkpoint_activations": True, "radiomics_iterations": 3, "region_fraction": 0.5, "image_size": 64, "grid_cell": 8, "ehr_stages": "2", "norm": "pre", "record_tokens": "group", "class_token_reads": "all",
 }
 KINDS = [(name, kind) for name in sorted(MODEL_INFO) for kind in MODEL_INFO[name].inputs]
 

@@ -162,7 +162,7 @@ def test_persam_attention_modes():
         replace(CONFIG, patch_attention="sparse")  # checked once, where the setting is declared
 
 
-def _dense_attention(block, globals_, patches, patch_mask, bipartite):
+def _dense_attention(block, globals_, patches, patch_mask, bipartite, class_sees_patches=True):
     """The head-averaged attention matrix (B, T, T) of a block, built densely from its weights."""
     import math
 
@@ -178,27 +178,32 @@ def _dense_attention(block, globals_, patches, patch_mask, bipartite):
         patch_rows[n_global:, :n_global] = True
         patch_rows[range(n_global, t), range(n_global, t)] = True
         allowed[:, :, n_global:] &= patch_rows[n_global:]
+    if not class_sees_patches:  # the class token (row 0) reads the global tokens only
+        allowed[:, :, 0, globals_.shape[1] :] = False
     scores = (q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)).masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, -1).nan_to_num(0.0).mean(1)
 
 
+@pytest.mark.parametrize("reads", ["all", "record"])
 @pytest.mark.parametrize("wiring", ["bipartite", "full"])
-def test_persam_rollout_and_last_layer_match_a_dense_computation(wiring):
+def test_persam_rollout_and_last_layer_match_a_dense_computation(wiring, reads):
     """Rollout computed row by row equals (0.5·A + 0.5·I) multiplied densely over the layers, and
-    updating only the class token in the last layer gives the logits of a full last layer."""
+    updating only the class token in the last layer gives the logits of a full last layer; with
+    ``class_token_reads="record"`` the class token reads no patch before the last layer."""
     from dataclasses import replace
 
     torch.manual_seed(0)
-    model = create_model("persam", replace(CONFIG, n_layers=3, patch_attention=wiring)).eval()
+    model = create_model("persam", replace(CONFIG, n_layers=3, patch_attention=wiring, class_token_reads=reads)).eval()
     batch = _batch()
     with torch.no_grad():
         out = model(batch, rollout=True)
         globals_, patches = model.embed_tokens(batch)
         eye = torch.eye(globals_.shape[1] + patches.shape[1])
         product = eye.expand(patches.shape[0], -1, -1)
-        for block in model.blocks:
-            product = (0.5 * _dense_attention(block, globals_, patches, batch.patch_mask, wiring == "bipartite") + 0.5 * eye) @ product  # Â_l ... Â_1
-            globals_, patches = block(globals_, patches, batch.patch_mask)
+        for i, block in enumerate(model.blocks):
+            sees = reads == "all" or i == len(model.blocks) - 1
+            product = (0.5 * _dense_attention(block, globals_, patches, batch.patch_mask, wiring == "bipartite", sees) + 0.5 * eye) @ product  # Â_l ... Â_1
+            globals_, patches = block(globals_, patches, batch.patch_mask, sees)
         logits = model.head(model.norm(globals_[:, 0]))
     torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-4)
     patches = product[:, 0, 1 + 3 :]
@@ -274,3 +279,27 @@ def test_one_bag_under_several_records_equals_the_bag_repeated(name, wiring):
         if x is not None:
             assert x.shape == y.shape and x.shape[0] == 4, field
             torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_with_class_token_reads_record_the_map_query_is_the_records_alone():
+    """Two layers, class_token_reads="record": what the class token brings to the last layer (its
+    query) is the same for two different bags under one record, so the map is chosen by the record."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    captured = {}
+    for reads in ("all", "record"):
+        model = create_model("persam", replace(CONFIG, class_token_reads=reads)).eval()
+        last = model.blocks[-1]
+        original = last.forward_class_token
+        seen = []
+        last.forward_class_token = lambda g, p, m, _o=original, _s=seen: (_s.append(g[:, 0].clone()), _o(g, p, m))[1]
+        batch = _batch()
+        other = Batch(torch.randn_like(batch.features), batch.patch_mask, batch.coords, batch.codes, batch.values)
+        with torch.no_grad():
+            model(batch), model(other)
+        captured[reads] = seen
+    torch.testing.assert_close(captured["record"][0], captured["record"][1])
+    assert not torch.allclose(captured["all"][0], captured["all"][1])
+    with pytest.raises(ValueError, match="class_token_reads' must be 'all' or 'record'"):
+        replace(CONFIG, class_token_reads="patches")

@@ -36,7 +36,7 @@ class ModelSettings:
     grid_cell: int = 16  # 2-D images: side of a cell of the grid the attention is over, in model-input pixels (a power of two)
     ehr_stages: str = "3,4"  # MMA-MGMU on 2-D images: the CNN stages (1-based, comma-separated) whose spatial attention the record steers
     norm: str = "post"  # persam_paper: "post" (LayerNorm after each residual, as released) or "pre"
-    class_token_reads: str = "all"  # PersAM (bipartite): before the last block the class token attends to "all" tokens, or to the "record" (and itself) only
+    class_token_reads: str = "record"  # PersAM: before the last block the class token attends to the "record" tokens (and itself) only, or to "all" tokens (v1)
     record_tokens: str = "field"  # PersAM: one token per clinical "field", or one per record "group" (the manifest's groups:, as the published PersAM)
 
     RENAMED: ClassVar[dict[str, str]] = {"patch_size": "grid_cell"}  # old name -> new name, still accepted (with a deprecation message)
@@ -54,6 +54,7 @@ class ModelSettings:
             ("region_fraction", 0 < self.region_fraction <= 1, "a float in (0, 1]"),
             ("norm", self.norm in ("post", "pre"), "'post' or 'pre'"),
             ("record_tokens", self.record_tokens in ("field", "group"), "'field' or 'group'"),
+            ("class_token_reads", self.class_token_reads in ("all", "record"), "'all' or 'record'"),
             ("grid_cell", p >= 4 and p & (p - 1) == 0, "a power of two >= 4"),
             ("image_size", self.image_size >= 2 * p and self.image_size % p == 0, f"a multiple of grid_cell ({p}), at least twice it"),
         ]

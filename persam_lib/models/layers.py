@@ -146,7 +146,8 @@ class AttentionOperator:
 
     q, k (B, T, H*dh) are the layer's queries and keys over [global tokens, patch tokens],
     key_mask (B, T) marks real tokens, and ``n_global`` is 0 for full attention or the number of
-    global tokens of the bipartite wiring.
+    global tokens of the bipartite wiring; ``class_key_limit`` > 0 is a layer whose class token
+    (row 0) attends to the first ``class_key_limit`` tokens (the global tokens) alone.
     """
 
     q: torch.Tensor
@@ -154,6 +155,7 @@ class AttentionOperator:
     key_mask: torch.Tensor
     n_heads: int
     n_global: int
+    class_key_limit: int = 0
 
     def left_multiply(self, row: torch.Tensor) -> torch.Tensor:
         """row (B, T) → row @ A (B, T), where A is the head-averaged attention (rows sum to 1).
@@ -166,11 +168,17 @@ class AttentionOperator:
             out = torch.zeros_like(row)
             for start in range(0, row.shape[1], ROLLOUT_CHUNK_ROWS):
                 stop = start + ROLLOUT_CHUNK_ROWS
-                weights = torch.softmax(_masked_scores(q[:, :, start:stop], k, self.key_mask), -1).nan_to_num(0.0).mean(1)  # (B, c, T)
+                scores = _masked_scores(q[:, :, start:stop], k, self.key_mask)
+                if self.class_key_limit and start == 0:
+                    scores[:, :, 0, self.class_key_limit :] = float("-inf")
+                weights = torch.softmax(scores, -1).nan_to_num(0.0).mean(1)  # (B, c, T)
                 out += torch.einsum("bc,bct->bt", row[:, start:stop], weights)
             return out
         g = self.n_global
-        global_rows = torch.softmax(_masked_scores(q[:, :, :g], k, self.key_mask), -1).mean(1)  # (B, G, T)
+        scores = _masked_scores(q[:, :, :g], k, self.key_mask)  # (B, H, G, T)
+        if self.class_key_limit:
+            scores[:, :, 0, self.class_key_limit :] = float("-inf")
+        global_rows = torch.softmax(scores, -1).mean(1)  # (B, G, T)
         out = torch.einsum("bg,bgt->bt", row[:, :g], global_rows)
         patch_rows = _patch_row_weights(self.q[:, g:], self.k[:, g:], self.k[:, :g], self.n_heads).mean(2)  # (B, N, G + 1)
         out[:, :g] += torch.einsum("bn,bng->bg", row[:, g:], patch_rows[..., :g])
@@ -218,22 +226,27 @@ class _Projections(nn.Module):
 class FullAttention(_Projections):
     """Every token attends to every token, on `scaled_dot_product_attention`; O(T²)."""
 
-    def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, G, d), (B, N, d) → the attended global and patch tokens, same shapes."""
+    def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor, class_sees_patches: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, G, d), (B, N, d) → the attended global and patch tokens, same shapes. With
+        ``class_sees_patches=False`` the class token (global token 0) attends to the global tokens only."""
         x = torch.cat([globals_, _rows_of(patches, globals_)], dim=1)
         b, t, d = x.shape
+        g = globals_.shape[1]
         q, k, v = (_by_head(part, self.n_heads) for part in self.qkv(x).split(d, dim=-1))  # each (B, H, T, dh)
         # without padding, no mask: SDPA can then use its fused, memory-efficient kernels (no T x T matrix)
         attn_mask = None if bool(patch_mask.all()) else _key_mask(globals_, patch_mask)[:, None, None, :]
+        if not class_sees_patches:
+            rows = torch.ones(1, 1, t, t, dtype=torch.bool, device=x.device)
+            rows[..., 0, g:] = False
+            attn_mask = rows if attn_mask is None else attn_mask & rows
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         out = self.proj(out.transpose(1, 2).reshape(b, t, d))
-        g = globals_.shape[1]
         return out[:, :g], out[:, g:]
 
-    def operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> AttentionOperator:
+    def operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor, class_sees_patches: bool = True) -> AttentionOperator:
         x = torch.cat([globals_, _rows_of(patches, globals_)], dim=1)
         q, k, _ = self.qkv(x).detach().split(x.shape[-1], dim=-1)
-        return AttentionOperator(q, k, _key_mask(globals_, patch_mask), self.n_heads, 0)
+        return AttentionOperator(q, k, _key_mask(globals_, patch_mask), self.n_heads, 0, 0 if class_sees_patches else globals_.shape[1])
 
 
 class BipartiteAttention(_Projections):
@@ -253,13 +266,13 @@ class BipartiteAttention(_Projections):
         own = (weights[..., g:] * v_p.view(bp, n, h, dh)).view(b, n, d)
         return self.proj(out_g), self.proj(from_globals + own)
 
-    def operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> AttentionOperator:
+    def operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor, class_sees_patches: bool = True) -> AttentionOperator:
         d = patches.shape[-1]
         q_g, k_g, _ = self.qkv(globals_).detach().split(d, dim=-1)
         q_p, k_p, _ = self.qkv(patches).detach().split(d, dim=-1)  # once, also for one bag shared by several records
         q = torch.cat([q_g, _rows_of(q_p, globals_)], dim=1)
         k = torch.cat([k_g, _rows_of(k_p, globals_)], dim=1)
-        return AttentionOperator(q, k, _key_mask(globals_, patch_mask), self.n_heads, globals_.shape[1])
+        return AttentionOperator(q, k, _key_mask(globals_, patch_mask), self.n_heads, globals_.shape[1], 0 if class_sees_patches else globals_.shape[1])
 
 
 def _key_mask(globals_: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
@@ -290,7 +303,10 @@ class TransformerBlock(nn.Module):
 
     def forward(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor, class_sees_patches: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Global tokens (B, G, d), patch tokens (B, N, d) and the patch mask (B, N) → the updated global and patch tokens."""
-        attended_g, attended_p = self.attn(self.norm1(globals_), self.norm1(patches), patch_mask, class_sees_patches) if not class_sees_patches else self.attn(self.norm1(globals_), self.norm1(patches), patch_mask)
+        if class_sees_patches:
+            attended_g, attended_p = self.attn(self.norm1(globals_), self.norm1(patches), patch_mask)
+        else:
+            attended_g, attended_p = self.attn(self.norm1(globals_), self.norm1(patches), patch_mask, class_sees_patches)
         globals_, patches = globals_ + self.drop(attended_g), patches + self.drop(attended_p)
         return globals_ + self.drop(self.mlp(self.norm2(globals_))), patches + self.drop(self.mlp(self.norm2(patches)))
 
@@ -301,9 +317,9 @@ class TransformerBlock(nn.Module):
         cls = globals_[:, :1] + self.drop(attended)
         return cls + self.drop(self.mlp(self.norm2(cls))), attention
 
-    def attention_operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor) -> AttentionOperator:
+    def attention_operator(self, globals_: torch.Tensor, patches: torch.Tensor, patch_mask: torch.Tensor, class_sees_patches: bool = True) -> AttentionOperator:
         """The attention this block applies to its input, for attention rollout."""
-        return self.attn.operator(self.norm1(globals_), self.norm1(patches), patch_mask)
+        return self.attn.operator(self.norm1(globals_), self.norm1(patches), patch_mask, class_sees_patches)
 
 
 def attention_rollout(first_row_of_last_layer: torch.Tensor, earlier_layers: list[AttentionOperator]) -> torch.Tensor:

@@ -11,6 +11,13 @@ to themselves but not to each other: cost and memory grow linearly with the bag,
 token's map stays tied to each patch's own content. ``"full"`` lets every token attend to every
 token. The last block updates only the class token, as nothing else reaches the classifier.
 
+By default (``class_token_reads="record"``) the class token attends to the record's tokens and
+itself only, until the last block: what it asks of the patches there — the map — is then chosen
+by the record (as the record's tokens have read the slide, by the record in the light of the
+slide), not by whatever the class token picked up from the patches earlier. With ``"all"`` (v1)
+it reads every token in every block; on the demo cohort its map then held about half of its mass
+on the diagnostic region, against about two thirds (see the book's ablation).
+
 ``record_tokens="group"`` reads the record as the published PersAM does: one token per group of
 fields (the manifest's ``groups:``; a field in no group is a group of its own), each group's vector
 through Linear–ReLU–Linear (`GroupTokenizer`), so both PersAMs can be compared on one record
@@ -71,7 +78,7 @@ class PersAM(nn.Module):
         sees = self.config.class_token_reads == "all"
         for block in self.blocks[:-1]:
             if rollout:
-                operators.append(block.attention_operator(globals_, patches, mask))
+                operators.append(block.attention_operator(globals_, patches, mask, sees))
             if self.config.checkpoint_activations and self.training:
                 globals_, patches = checkpoint(block, globals_, patches, mask, sees, use_reentrant=False)
             else:

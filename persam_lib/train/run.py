@@ -14,6 +14,8 @@ run directory (`persam_lib.io.locks.output_lock`); a second stops at once.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import hashlib
 import json
 import math
@@ -36,6 +38,7 @@ from persam_lib.models import MODEL_INFO, available_models, class_map_models, ch
 from persam_lib.models.base import ModelConfig
 from persam_lib.models.clinical import RecordEncoder
 from persam_lib.models.record_groups import group_indices
+from persam_lib.train.recipes import with_recipe
 from persam_lib.train.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
 from persam_lib.train.data import Bag, FeatureNormaliser, ImageInput, load_samples
 from persam_lib.train.folds import make_folds, split_validation
@@ -371,7 +374,8 @@ def comparison_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def compare_models(
-    cohort: Cohort, features_dir: str | Path | None, out_dir: str | Path, models: list[str], base: TrainConfig = TrainConfig(), *, progress: bool = True, workers: int = 1, distributed: Distributed = Distributed()
+    cohort: Cohort, features_dir: str | Path | None, out_dir: str | Path, models: list[str], base: TrainConfig = TrainConfig(), *, progress: bool = True, workers: int = 1,
+    distributed: Distributed = Distributed(), given: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Train every model with identical folds (same seed, same patients) and write ``comparison.csv``.
 
@@ -381,11 +385,9 @@ def compare_models(
 
     ``base`` is shared by all models: each gets the model settings it reads and the defaults for
     the rest (`comparison_configs`), so ``--set n_layers=1`` changes PersAM and leaves ABMIL as it
-    is; a changed setting that none of the models reads is an error.
+    is; a changed setting that none of the models reads is an error. A model with a training recipe
+    (the published PersAM's) gets it for the options not in ``given`` (`with_recipe`).
     """
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     models = list(dict.fromkeys(models))  # a model named twice is trained once
     if not models:
         raise ValueError("compare needs at least one model, e.g. --models persam,abmil")
@@ -396,17 +398,10 @@ def compare_models(
         raise ValueError("compare --workers N runs one process per model; under torchrun every rank already trains each model, so use --workers 1")
     device = distributed.device(base.device)  # CUDA asked for where there is none: fail before anything is written
     out_dir = Path(out_dir)
-    configs = comparison_configs(base, models, cohort.input_kind)
-    jobs = [(cohort.manifest_path, None if features_dir is None else str(features_dir), str(out_dir / m), configs[m]) for m in models]
+    configs = comparison_configs(base, models, cohort.input_kind, given)
     # compare's own folder is locked by this process; each run folder by the process that trains it
     with output_lock(out_dir, "compare") if distributed.is_main else nullcontext():
-        if workers > 1 and device.type == "cpu":
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                list(pool.map(_train_job, jobs))
-        else:
-            for manifest, features, run_dir, config in jobs:
-                train_cross_validated(cohort, features, run_dir, config, progress=progress, distributed=distributed)
-        runs = [Run(out_dir / m) for m in models]
+        runs = list(train_variants(cohort, features_dir, out_dir, configs, workers=workers, progress=progress, distributed=distributed, device=device).values())
         folds = [run.folds for run in runs]
         if not all(f.equals(folds[0]) for f in folds):
             raise ValueError(f"{out_dir}: the runs there were not trained on identical folds (an older run of another cohort?). Use a new --out directory.")
@@ -417,12 +412,35 @@ def compare_models(
     return table
 
 
-def comparison_configs(base: TrainConfig, models: list[str], input_kind: str) -> dict[str, TrainConfig]:
-    """Each model's configuration in a comparison: ``base`` with that model and the model settings
-    it reads (`settings_for`; the others at their defaults). A setting ``base`` changes that none
-    of ``models`` reads on ``input_kind`` raises the ValueError of `check_settings`."""
+def comparison_configs(base: TrainConfig, models: list[str], input_kind: str, given: Iterable[str] | None = None) -> dict[str, TrainConfig]:
+    """Each model's configuration in a comparison: ``base`` with that model, the model settings
+    it reads (`settings_for`; the others at their defaults) and its training recipe for the options
+    not in ``given`` (`with_recipe`). A setting ``base`` changes that none of ``models`` reads on
+    ``input_kind`` raises the ValueError of `check_settings`."""
     check_settings(models, base.model_settings, input_kind)
-    return {m: replace(base, model=m, model_settings=settings_for(m, base.model_settings, input_kind)) for m in models}
+    return {m: with_recipe(replace(base, model=m, model_settings=settings_for(m, base.model_settings, input_kind)), given) for m in models}
+
+
+def train_variants(
+    cohort: Cohort, features_dir: str | Path | None, out_dir: str | Path, configs: dict[str, TrainConfig], *, workers: int = 1, progress: bool = True,
+    distributed: Distributed = Distributed(), device: torch.device | None = None,
+) -> dict[str, "Run"]:
+    """Train each named configuration into ``out_dir/<name>`` (resumable: finished folds are kept)
+    and return the runs by name. With ``workers > 1`` on CPU they train in parallel processes of
+    one thread each. What `compare_models` and an ablation (one model, several settings) share."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    out_dir = Path(out_dir)
+    device = device or distributed.device(next(iter(configs.values())).device)
+    jobs = [(cohort.manifest_path, None if features_dir is None else str(features_dir), str(out_dir / name), config) for name, config in configs.items()]
+    if workers > 1 and device.type == "cpu" and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+            list(pool.map(_train_job, jobs))
+    else:
+        for _, features, run_dir, config in jobs:
+            train_cross_validated(cohort, features, run_dir, config, progress=progress, distributed=distributed)
+    return {name: Run(out_dir / name) for name in configs}
 
 
 def _train_job(job: tuple[Path, str | None, str, TrainConfig]) -> str:
