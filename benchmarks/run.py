@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_explain, bench_extract, bench_images, bench_models, bench_persam_paper, bench_sweep
+from benchmarks import bench_explain, bench_extract, bench_images, bench_models, bench_persam_paper, bench_sweep, bench_tissue
 from benchmarks.common import print_table
 
 BENCHMARKS = {
     "extract": (bench_extract, "feature extraction (one core per process)"),
+    "tissue": (bench_tissue, "tissue mask + patch grid against CLAM-like segmentation, on a real H&E slide"),
     "models": (bench_models, "models: training step against bag size"),
     "persam_paper": (bench_persam_paper, "the published PersAM beside ours: training step and memory against bag size"),
     "explain": (bench_explain, "explain: altered records and heatmaps"),

@@ -192,6 +192,15 @@ def _book(args: argparse.Namespace) -> int:
     overrides = {name: parse_yaml_value(name, value) for name, value in parse_assignments(args.set).items()}
     if args.patients:
         overrides["patients"] = args.patients
+    if args.features is not None and args.manifest is None:
+        print("persam book: error: --features needs --manifest (the cohort the features belong to)", file=sys.stderr)
+        return 2
+    for name, value in (("manifest", args.manifest), ("features_dir", args.features)):
+        if value is not None:
+            if not value.exists():
+                print(f"persam book: error: {value} does not exist; give the {'manifest.yaml of your cohort' if name == 'manifest' else 'folder of feature files'}", file=sys.stderr)
+                return 2
+            overrides[name] = str(value.resolve())
     report = make_book(root, args.work, overrides or None, strict=args.strict, browser_check=not args.no_browser_check)
     print(report.line())
     if report.build_returncode == 0:
@@ -363,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=Path, default=Path("_work/demo"), help="where the demo cohort, features and runs go")
     p.add_argument("--project", type=Path, default=Path("."), help="project root (holds _config.yml)")
     p.add_argument("--patients", type=int, default=None, help="override the demo cohort size")
+    p.add_argument("--manifest", type=Path, default=None, help="build the book on your cohort (its manifest.yaml) instead of the demo cohort; check it first with persam validate")
+    p.add_argument("--features", type=Path, default=None, help="with --manifest: feature files you brought (persam import-features or an earlier persam extract); nothing is extracted or written there")
     p.add_argument("--strict", action="store_true", help="jupyter-book -W -n: warnings are errors")
     p.add_argument("--no-browser-check", action="store_true", help="skip opening the built book in headless Chromium")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a parameter for every notebook that declares it, e.g. --set epochs=3 (value read as YAML)")

@@ -131,3 +131,15 @@ def test_negative_control_is_the_source_field_permuted(cohort_copy):
     problems = "\n".join(str(p) for p in validate_manifest(manifest))
     assert "field 'fields.ldh_permuted': a negative control must have the type of 'ldh' (numeric). Set `type: numeric`." in problems
     assert "field 'fields.bad': 'permutation_of: nothing' must name another field" in problems
+
+
+def test_unquoted_yes_no_values_are_named_with_the_fix(cohort_copy):
+    """YAML reads `values: [yes, no]` as booleans; the message says so instead of one error per row."""
+    manifest = cohort_copy / "manifest.yaml"
+    text = manifest.read_text()
+    manifest.write_text(text.replace("    - F\n    - M\n", "    - yes\n    - no\n"))
+    problems = validate_manifest(manifest)
+    assert len(problems) == 1 and problems[0].field == "fields.sex"
+    assert "YAML reads unquoted yes/no" in str(problems[0]) and "values: ['yes', 'no']" in str(problems[0])
+    manifest.write_text(text.replace("    - F\n    - M\n", "    - 'yes'\n    - 'no'\n"))
+    assert all("YAML" not in str(p) for p in validate_manifest(manifest))  # quoted: the table's F/M are then what is wrong

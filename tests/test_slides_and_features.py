@@ -11,8 +11,7 @@ from persam_lib.features.store import SlideFeatures, is_complete, read_features,
 from persam_lib.slides.base import SlideError, downsample
 from persam_lib.slides.factory import open_slide
 from persam_lib.slides.memory import InMemorySlideReader
-from persam_lib.slides.patching import PatchConfig, mask_fraction, patch_grid
-from persam_lib.slides.tissue import tissue_mask
+from persam_lib.slides.patching import PatchConfig, grid_coverage, mask_fraction
 
 
 def test_coords_are_inside_the_slide_and_on_tissue(tiny_cohort, tiny_features, tiny_cohort_dir):
@@ -24,8 +23,10 @@ def test_coords_are_inside_the_slide_and_on_tissue(tiny_cohort, tiny_features, t
         assert (data.coords >= 0).all()
         assert (data.coords[:, 0] + data.patch_size <= width).all() and (data.coords[:, 1] + data.patch_size <= height).all()
         truth = load_truth(tiny_cohort)
-        on_tissue = mask_fraction(truth.mask(row.slide_id) > 0, truth.mask_downsample, data.coords, data.patch_size)
-        assert on_tissue.min() > 0.3 and on_tissue.mean() > 0.8
+        tissue = truth.mask(row.slide_id) > 0
+        on_tissue = mask_fraction(tissue, truth.mask_downsample, data.coords, data.patch_size)
+        assert on_tissue.min() > 0.15 and np.mean(on_tissue >= 0.25) >= 0.9  # patches are kept from a quarter tissue
+        assert grid_coverage(tissue, truth.mask_downsample, data.coords, data.patch_size).tissue_captured > 0.95
 
 
 def test_h5_follows_clam_convention(tiny_features):
@@ -74,27 +75,6 @@ def test_extract_resumes_and_records_failures(tiny_cohort, tmp_path):
     assert "S0005" in (out / "failures.csv").read_text()
 
 
-def test_tissue_mask_finds_tissue_and_ignores_glass():
-    image = np.full((200, 300, 3), 245, dtype=np.uint8)
-    image[50:150, 60:200] = (230, 150, 200)  # pink tissue
-    image[10, 10] = (80, 40, 120)  # one speck of dust
-    mask = tissue_mask(image)
-    assert mask[60:140, 70:190].all()
-    assert not mask[:40].any() and not mask[:, 220:].any()
-    assert not tissue_mask(np.full((100, 100, 3), 250, dtype=np.uint8)).any()
-
-
-def test_patch_grid_respects_tissue_fraction():
-    mask = np.zeros((64, 64), dtype=bool)
-    mask[:32, :32] = True  # the top-left quarter, at downsample 16 -> 512 level-0 px
-    coords = patch_grid(mask, 16, (1024, 1024), 256, 256, 0.5)
-    assert sorted(map(tuple, coords)) == [(0, 0), (0, 256), (256, 0), (256, 256)]
-    overlapping = patch_grid(mask, 16, (1024, 1024), 256, 128, 0.5)
-    kept = set(map(tuple, overlapping.tolist()))
-    assert len(kept) == 15 and (128, 128) in kept and (384, 256) in kept  # half-covered patches are kept
-    assert (384, 384) not in kept  # a quarter covered is not
-
-
 def test_patch_plan_picks_the_level_and_resizes():
     from persam_lib.slides.patching import plan_patches
 
@@ -114,7 +94,8 @@ def test_extraction_at_a_coarser_target_resolution(tiny_cohort):
     reader = open_slide(tiny_cohort.slides["path"].iloc[0])
     data, _, _ = extract_slide(reader, "S", create_encoder("stats"), ExtractConfig(patch=PatchConfig(patch_size=128, mpp=1.0)))
     assert data.patch_size == 128 and data.patch_size_level0 == 256 and data.mpp == 1.0 and data.patch_level == 0
-    assert (data.coords % 256 == 0).all()
+    size = np.array(reader.level_dimensions[0])
+    assert ((data.coords % 256 == 0) | (data.coords + 256 == size)).all()  # on the 256-px grid, or flush with the right/bottom edge
 
 
 def test_in_memory_reader_and_no_tissue_error():
@@ -228,21 +209,6 @@ def test_a_corrupt_tile_fails_only_its_slide(tiny_cohort, tmp_path):
     failed_id = slides.slide_id.iloc[1]
     assert list(summary.failed) == [failed_id] and "broken.tiff" in summary.failed[failed_id]
     assert not (tmp_path / "features" / f"{failed_id}.h5").exists()
-
-
-def test_tissue_mask_rejects_pen_marks_and_dust():
-    image = np.full((300, 400, 3), 245, dtype=np.uint8)
-    image[50:250, 50:350] = (232, 150, 200)  # pink tissue
-    image[120:180, 120:180] = (110, 70, 160)  # a purple (haematoxylin-rich) lesion stays tissue
-    image[20:30, 20:380] = (40, 70, 170)  # blue pen line across glass and tissue
-    image[260:275, 60:200] = (40, 150, 60)  # green pen
-    image[280:290, 300:320] = (20, 20, 25)  # black ink dot
-    for y, x in [(10, 390), (290, 10)]:
-        image[y : y + 2, x : x + 2] = (150, 90, 140)  # dust specks
-    mask = tissue_mask(image)
-    assert mask[120:180, 120:180].all() and mask[60:240, 60:110].all()
-    assert not mask[20:30].any() and not mask[258:].any()
-    assert mask.sum() < 300 * 200 * 1.02
 
 
 def test_dask_local_cluster_gives_the_same_features_and_resumes(tiny_cohort, tiny_features, tmp_path):

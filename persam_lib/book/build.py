@@ -20,6 +20,7 @@ from typing import Any
 from persam_lib.io.yaml_files import load_yaml
 
 from persam_lib.book.parameters import declared_parameters, type_problem
+from persam_lib.book.privacy import scan_for_paths
 from persam_lib.book.results import write_sidecar
 from persam_lib.book.workspace import Workspace
 
@@ -31,6 +32,15 @@ class NotebookSpec:
     name: str
     source: Path
     parameters: dict[str, Any] = field(default_factory=dict)
+    image_cohort: bool = False  # runs on 2-D images: the demo radiographs, or the ``image_manifest`` parameter
+
+    def left_out_because(self, overrides: dict[str, Any]) -> str:
+        """Why this chapter does not belong in a book built with ``overrides`` ("" = it does): an
+        image chapter in a book on the user's own cohort (``manifest``) with no ``image_manifest``
+        would show the demo radiographs, which have nothing to do with that cohort."""
+        if self.image_cohort and overrides.get("manifest") and not overrides.get("image_manifest"):
+            return "it runs on a cohort of 2-D images and the book is built on your cohort without one (give one with --set image_manifest=...)"
+        return ""
 
 
 @dataclass
@@ -39,6 +49,7 @@ class BookReport:
 
     executed: dict[str, float] = field(default_factory=dict)  # name -> seconds
     failed: dict[str, str] = field(default_factory=dict)  # name -> reason
+    left_out: dict[str, str] = field(default_factory=dict)  # name -> why the chapter is not in this book
     build_returncode: int | None = None
     leaks: list[str] = field(default_factory=list)  # privacy-scan findings
     browser: str = ""  # the browser check's summary line, when it ran
@@ -52,6 +63,8 @@ class BookReport:
         parts = [f"{len(self.executed)} notebook(s) executed", f"{len(self.failed)} failed"]
         if self.failed:
             parts[-1] += f" ({', '.join(self.failed)})"
+        if self.left_out:
+            parts.append(f"{len(self.left_out)} left out ({', '.join(self.left_out)})")
         parts.append("book built" if self.build_returncode == 0 else "book build FAILED" if self.build_returncode is not None else "book not built")
         if self.leaks:
             parts.append(f"PRIVACY SCAN FAILED ({len(self.leaks)} leak(s))")
@@ -71,7 +84,7 @@ def read_notebook_specs(project_root: str | Path) -> list[NotebookSpec]:
         source = root / entry["source"]
         if not source.is_file():
             raise ValueError(f"{path}: notebook entry {i + 1} ('{entry['name']}'): {source} does not exist")
-        specs.append(NotebookSpec(str(entry["name"]), source, dict(entry.get("parameters") or {})))
+        specs.append(NotebookSpec(str(entry["name"]), source, dict(entry.get("parameters") or {}), bool(entry.get("image_cohort", False))))
     return specs
 
 
@@ -92,7 +105,15 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
     for spec in specs:
         if only and spec.name not in only:
             continue
+        reason = spec.left_out_because(overrides or {})
+        if reason:
+            report.left_out[spec.name] = reason
+            for stale in (out_dir / f"{spec.name}.ipynb", out_dir / f"{spec.name}.results.json"):  # a previous build's copy must not be published
+                stale.unlink(missing_ok=True)
+            print(f"[persam book] {spec.name} left out: {reason}", flush=True)
+            continue
         parameters = {**spec.parameters, "work_dir": str(Path(work_dir).resolve()), **{k: v for k, v in (overrides or {}).items() if k in declared[spec.name]}}
+        parameters = {k: seen_from(root, v) if k in PATH_PARAMETERS else v for k, v in parameters.items()}
         target = out_dir / f"{spec.name}.ipynb"
         tmp = out_dir / f".{spec.name}.running.ipynb"
         start = time.perf_counter()
@@ -112,14 +133,41 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
     return report
 
 
-def build_html(project_root: str | Path, *, strict: bool = False) -> int:
-    """Run ``jupyter-book build`` on the project root (``-W -n --keep-going`` when ``strict``)."""
+PATH_PARAMETERS = ("work_dir", "output_dir", "manifest", "image_manifest", "features_dir")  # given to notebooks relative to the project root
+
+
+def seen_from(root: Path, value: Any) -> Any:
+    """A path parameter as the notebook gets it: relative to the project root, where notebooks run,
+    so no page (nor the notebook copies the book publishes) shows the machine's absolute paths."""
+    if not isinstance(value, (str, Path)) or not str(value):
+        return value
+    return os.path.relpath(Path(value).resolve(), root)
+
+
+def build_html(project_root: str | Path, *, strict: bool = False, left_out: tuple[str, ...] = ()) -> int:
+    """Run ``jupyter-book build`` on the project root (``-W -n --keep-going`` when ``strict``); the
+    chapters ``left_out`` (by name) are dropped from a copy of the table of contents it builds from."""
     root = Path(project_root).resolve()
     jb = Path(sys.executable).with_name("jupyter-book")
     command = [str(jb) if jb.exists() else "jupyter-book", "build", str(root)]
+    if left_out:
+        command += ["--toc", str(toc_without(root, left_out))]
     if strict:
         command += ["-W", "-n", "--keep-going"]
     return subprocess.call(command, cwd=root)
+
+
+def toc_without(root: Path, names: tuple[str, ...]) -> Path:
+    """A copy of ``_toc.yml`` (in ``_build/``) without the executed chapters ``names``."""
+    import yaml
+
+    toc = load_yaml(root / "_toc.yml", "table of contents") or {}
+    dropped = {f"book/executed/{name}" for name in names}
+    toc["chapters"] = [entry for entry in toc.get("chapters", []) if entry.get("file") not in dropped]
+    path = root / "_build" / "_toc.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(toc, sort_keys=False))
+    return path
 
 
 def check_overrides(declared: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> None:
@@ -163,15 +211,27 @@ def privacy_scan(html_dir: str | Path, manifests: Path | list[Path]) -> list[str
     return list(dict.fromkeys(found))  # a value shared by two cohorts is one finding
 
 
+def machine_paths(root: Path, work_dir: str | Path, overrides: dict[str, Any] | None = None) -> list[Path]:
+    """The absolute folders a published page must never show: the project, the work folder and the
+    folders of the cohort's inputs (manifest, features)."""
+    found = [root, Path(work_dir).resolve()]
+    for name in ("manifest", "image_manifest", "features_dir"):
+        value = (overrides or {}).get(name)
+        if value:
+            path = Path(value).resolve()
+            found.append(path.parent if path.suffix else path)
+    return list(dict.fromkeys(found))
+
+
 def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, strict: bool = False, browser_check: bool = True) -> BookReport:
     """Execute all notebooks, build the HTML book into ``_build/html``, scan it for leaks and, where
     Chromium is installed (and ``browser_check``), open it in a browser and save a screenshot."""
     root = Path(project_root).resolve()
     report = execute_notebooks(root, work_dir, overrides)
-    report.build_returncode = build_html(root, strict=strict)
+    report.build_returncode = build_html(root, strict=strict, left_out=tuple(report.left_out))
     html = root / "_build" / "html"
     if report.build_returncode == 0:
-        report.leaks = privacy_scan(html, book_cohort_manifests(work_dir, overrides))
+        report.leaks = privacy_scan(html, book_cohort_manifests(work_dir, overrides)) + [str(leak) for leak in scan_for_paths(html, machine_paths(root, work_dir, overrides))]
         for leak in report.leaks:
             print(f"[persam book] privacy: {leak}", flush=True)
         if browser_check:

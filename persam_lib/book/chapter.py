@@ -49,6 +49,7 @@ def setup_chapter(
     work_dir: str | Path,
     output_dir: str | Path = "",
     manifest: str | Path = "",
+    features_dir: str | Path = "",
     *,
     make_demo: Callable[[Workspace], Path] | None = None,
     with_cohort: bool = True,
@@ -60,7 +61,8 @@ def setup_chapter(
     meant for developers (`QUIET_WARNINGS`, and ``quiet``). With ``with_cohort`` it loads the cohort
     of ``manifest``; when that is "" the demo cohort's: ``make_demo(workspace)`` makes it and
     returns its manifest (the chapters that generate a demo cohort), or else it is read from the
-    work dir. ``with_cohort=False`` is for chapters that only read other chapters' results.
+    work dir. ``features_dir`` names feature files the user brought (otherwise the work dir's).
+    ``with_cohort=False`` is for chapters that only read other chapters' results.
     """
     for category in (*QUIET_WARNINGS, *quiet):
         warnings.filterwarnings("ignore", category=category)
@@ -68,7 +70,7 @@ def setup_chapter(
         warnings.filterwarnings("ignore", message=message)
     use_book_style()
     pd.set_option("display.float_format", lambda v: f"{v:.3g}")
-    ws = Workspace.of(work_dir, output_dir)
+    ws = Workspace.of(work_dir, output_dir, features_dir)
     if not with_cohort:
         return Chapter(ws)
     if str(manifest):

@@ -122,20 +122,25 @@ def class_maps_figure(chapter: Chapter, comparison: PersamComparison, features_d
     sample = example_slides(chapter.cohort, 1, chapter.truth)[0]
     thumb, downsample, tissue = sample_background(chapter.cohort, sample, features_dir)
     classes = chapter.cohort.schema.label.classes
-    panels = 1 + len(comparison.explanations) + len(with_classes) * len(classes)
-    fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 3.3), constrained_layout=True, squeeze=False)
+    top = 1 + len(comparison.explanations)  # the slide, then each model's map
+    bottom = len(with_classes) * len(classes)  # each per-class map
+    columns = max(top, bottom)
+    fig, axes = plt.subplots(2, columns, figsize=(3.6 * columns, 6.6), constrained_layout=True, squeeze=False)
     regions = chapter.truth.region_masks(sample) if chapter.truth is not None else None
-    slide_overview(thumb, tissue, regions, ax=axes[0][0], title=f"{chapter.names.slide(sample)}: {chapter.record_label(sample)}".rstrip(": "))
-    k = 1
-    for model, explanation in comparison.explanations.items():
+    label = chapter.record_label(sample)
+    slide_overview(thumb, tissue, regions, ax=axes[0][0], title=f"{chapter.names.slide(sample)}" + (f": {label}" if label else ""))
+    for k, (model, explanation) in enumerate(comparison.explanations.items(), start=1):
         coords, size, maps = slide_maps(explanation, sample)
         attention_heatmap(thumb, downsample, coords, size, maps[ORIGINAL], ax=axes[0][k], title=f"{model}: map", tissue=tissue)
-        k += 1
+    k = 0
     for model in with_classes:
         for c in classes:
             coords, size, maps = slide_maps(comparison.explanations[model], sample, column=f"attention_class_{c}")
-            attention_heatmap(thumb, downsample, coords, size, maps[ORIGINAL], ax=axes[0][k], title=f"{model}: class {c}", vmax=1.0, tissue=tissue)
+            attention_heatmap(thumb, downsample, coords, size, maps[ORIGINAL], ax=axes[1][k], title=f"{model}: class {c}", vmax=1.0, tissue=tissue)
             k += 1
+    for ax in [*axes[0][top:], *axes[1][bottom:]]:
+        ax.axis("off")
+    plt.close(fig)  # shown where the chapter displays it, not again when its cell ends
     return fig
 
 
@@ -145,7 +150,7 @@ def cost_table(models: list[str], feature_dim: int, settings: ModelSettings = Mo
     costs = pd.DataFrame([vars(c) for c in step_costs(models, list(sizes), settings=settings, feature_dim=feature_dim)])
     table = costs.pivot(index="n_patches", columns="model", values=["step_ms", "peak_mb"])
     table.columns = [f"{'step (ms)' if measure == 'step_ms' else 'peak memory (MB)'}: {model}" for measure, model in table.columns]
-    return table.rename_axis("patches in the bag").round(1)
+    return table.rename_axis("patches in the bag").round(0).astype("Int64")  # whole ms and MB: the noise is larger than a decimal
 
 
 def comparison_results(comparison: PersamComparison) -> dict[str, float]:

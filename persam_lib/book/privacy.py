@@ -105,3 +105,19 @@ def scan_for_leaks(html_dir: str | Path, cohort: Cohort) -> tuple[list[Leak], li
         for value in dict.fromkeys(m.group(1) for m in pattern.finditer(text)):
             leaks.append(Leak(path, targets[value], value))
     return leaks, short
+
+
+def scan_for_paths(html_dir: str | Path, folders: list[Path]) -> list[Leak]:
+    """Every text file of the built book that shows one of ``folders`` as an absolute path (the
+    machine's layout: project, work folder, a cohort's folder); one finding per file and folder."""
+    targets = sorted({str(Path(f)) for f in folders if len(str(f)) > 1}, key=len, reverse=True)
+    leaks: list[Leak] = []
+    for path in sorted(Path(html_dir).rglob("*")):
+        if not path.is_file() or path.suffix.lower() not in TEXT_SUFFIXES:
+            continue
+        text = path.read_text(errors="ignore")
+        for folder in targets:
+            if folder in text:
+                leaks.append(Leak(path, "machine path", folder))
+                break
+    return leaks

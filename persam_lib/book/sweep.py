@@ -80,6 +80,22 @@ class Sweep:
     points: list[Point]
 
 
+def on_cohort(sweep: Sweep, **inputs: str) -> Sweep:
+    """``sweep`` with every point given the book's cohort inputs (``manifest``, ``features_dir``:
+    the non-empty ones, for points whose notebook declares them): a book built on the user's cohort
+    sweeps that cohort, not the demo. The points' keys (folders) change with them."""
+    from persam_lib.book.parameters import declared_parameters
+
+    given = {k: v for k, v in inputs.items() if v}
+    if not given:
+        return sweep
+    points = []
+    for point in sweep.points:
+        declared = declared_parameters(point.source)
+        points.append(Point(point.notebook, point.source, {**{k: v for k, v in given.items() if k in declared}, **point.parameters}))
+    return Sweep(sweep.name, sweep.out, points)
+
+
 def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
@@ -410,7 +426,7 @@ def results_table(sweep: Sweep) -> pd.DataFrame:
         record = read_sidecar(path)
         for name, value in record.results.items():
             rows.append({"notebook": point.notebook, "point": point.key, **{k: v if not isinstance(v, (list, dict)) else dumps_strict(v) for k, v in point.parameters.items()}, "result": name, "value": value})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["notebook", "point", "result", "value"])  # no point finished: the columns still exist
 
 
 def write_results_table(sweep: Sweep) -> Path:

@@ -17,15 +17,22 @@ class Workspace:
 
     root: Path
     output: Path | None = None
+    features: Path | None = None  # feature files the user brought (``persam book --features``); None: the work dir's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
         object.__setattr__(self, "output", Path(self.output).resolve() if self.output and str(self.output) else self.root)
+        object.__setattr__(self, "features", Path(self.features).resolve() if self.features and str(self.features) else None)
 
     @classmethod
-    def of(cls, work_dir: str | Path, output_dir: str | Path = "") -> "Workspace":
-        """The workspace of a notebook's ``work_dir`` and ``output_dir`` parameters ("" = the work dir)."""
-        return cls(Path(work_dir), Path(output_dir) if str(output_dir) else None)
+    def of(cls, work_dir: str | Path, output_dir: str | Path = "", features_dir: str | Path = "") -> "Workspace":
+        """The workspace of a notebook's ``work_dir``, ``output_dir`` and ``features_dir`` parameters ("" = the work dir's)."""
+        return cls(Path(work_dir), Path(output_dir) if str(output_dir) else None, Path(features_dir) if str(features_dir) else None)
+
+    @property
+    def features_given(self) -> bool:
+        """Whether the features were brought by the user (imported, or extracted elsewhere): then no chapter extracts."""
+        return self.features is not None
 
     @property
     def demo_dir(self) -> Path:
@@ -51,8 +58,8 @@ class Workspace:
 
     @property
     def features_dir(self) -> Path:
-        """Feature files (read from the work dir)."""
-        return self.root / "features"
+        """Feature files: the ones the user brought, or the work dir's."""
+        return self.features if self.features is not None else self.root / "features"
 
     def run_dir(self, model: str) -> Path:
         """A trained model's run directory (read from the work dir)."""
@@ -60,8 +67,8 @@ class Workspace:
 
     @property
     def out(self) -> "Workspace":
-        """The same layout under the output dir: where this notebook writes."""
-        return Workspace(self.output)
+        """The same layout under the output dir: where this notebook writes (features the user brought stay theirs)."""
+        return Workspace(self.output, features=self.features)
 
     @property
     def runs_dir(self) -> Path:

@@ -240,6 +240,8 @@ def _parse_schema(path: Path, raw: dict[str, Any]) -> tuple[FieldSchema | None, 
         label = None
     else:
         classes = tuple(str(c) for c in label_raw["classes"])
+        if _yaml_booleans(label_raw["classes"]):
+            problems.append(Problem(path, f"'label.classes' {list(classes)} holds true/false: YAML reads unquoted yes/no/on/off/true/false as booleans", f"Quote them, e.g. `classes: ['yes', 'no']`.", field="label"))
         if len(classes) < 2 or len(set(classes)) != len(classes):
             problems.append(Problem(path, f"'label.classes' must list at least two distinct classes, got {list(classes)}", "Fix the class list.", field="label"))
         label = LabelSpec(column=str(label_raw["column"]), classes=classes)
@@ -280,6 +282,9 @@ def _parse_schema(path: Path, raw: dict[str, Any]) -> tuple[FieldSchema | None, 
                 if not isinstance(values, list) or len(values) < 1:
                     problems.append(Problem(path, "a categorical field needs a non-empty `values` list", "List the allowed values, e.g. `values: [F, M]`.", field=where))
                     continue
+                if _yaml_booleans(values):
+                    problems.append(Problem(path, f"`values` {[str(v) for v in values]} holds true/false: YAML reads unquoted yes/no/on/off/true/false as booleans, so the table's values would never match", "Quote them, e.g. `values: ['yes', 'no']`.", field=where))
+                    continue
                 specs.append(FieldSpec(name=str(name), type="categorical", values=tuple(str(v) for v in values), unit=spec.get("unit"), identifying=bool(spec.get("identifying", False)), permutation_of=source))
             else:
                 lo, hi = spec.get("min"), spec.get("max")
@@ -294,6 +299,11 @@ def _parse_schema(path: Path, raw: dict[str, Any]) -> tuple[FieldSchema | None, 
     if group_problems:
         return None, group_problems
     return FieldSchema(fields=tuple(specs), label=label, groups=groups), []
+
+
+def _yaml_booleans(values: Any) -> bool:
+    """Whether a YAML list holds booleans: what unquoted yes/no/on/off/true/false become."""
+    return isinstance(values, list) and any(isinstance(v, bool) for v in values)
 
 
 def _parse_groups(path: Path, raw: Any, specs: list[FieldSpec]) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], list[Problem]]:

@@ -19,7 +19,7 @@ class ExtractConfig:
     encoder_weights: str | None = None  # local weight file for CNN/ViT encoders
     patch: PatchConfig = field(default_factory=PatchConfig)
     tissue: TissueConfig = field(default_factory=TissueConfig)
-    thumbnail_downsample: float = 16.0  # tissue is segmented on the level nearest this downsample
+    thumbnail_downsample: float = 16.0  # tissue is segmented at this downsample of level 0 (8 µm/px at 20x), box-averaged from the nearest stored level
     batch_size: int = 64
     num_workers: int = -1  # patch-reading processes; -1 = one per CPU but one, 0 = read in the main process
     reader_backend: str = "auto"  # "auto" (fast tiled-TIFF path when possible), "openslide"

@@ -37,7 +37,7 @@ from persam_lib.io.paths import check_writable_folder
 from persam_lib.slides.base import SlideReader
 from persam_lib.slides.factory import open_slide
 from persam_lib.slides.patching import PatchConfig, PatchPlan, patch_grid, plan_patches
-from persam_lib.slides.tissue import TissueConfig, tissue_mask
+from persam_lib.slides.tissue import TissueConfig, segmentation_image, tissue_mask
 
 
 @dataclass
@@ -73,9 +73,14 @@ class SlidePlan:
 
 
 def plan_slide(reader: SlideReader, slide_id: str, config: ExtractConfig = ExtractConfig(), mpp_override: float | None = None) -> SlidePlan:
-    """Tissue mask on the thumbnail, the pyramid level to read, and the patch grid."""
-    thumb, thumb_ds = reader.thumbnail(config.thumbnail_downsample)
-    mask = tissue_mask(thumb, config.tissue)
+    """Tissue mask on the segmentation image, the pyramid level to read, and the patch grid.
+
+    The segmentation image is the slide at ``config.thumbnail_downsample`` (read from the stored
+    level nearest it and box-averaged the rest of the way), so a slide stored as one level is
+    segmented as fast as a pyramid; the mask's morphology is in µm, from the slide's mpp.
+    """
+    thumb, thumb_ds = segmentation_image(*reader.thumbnail(config.thumbnail_downsample), config.thumbnail_downsample)
+    mask = tissue_mask(thumb, reader.mpp * thumb_ds, config.tissue)
     plan = plan_patches(reader.mpp, reader.level_downsamples, config.patch)
     coords = patch_grid(mask, thumb_ds, reader.level_dimensions[0], plan.patch_size_level0, plan.stride_level0, config.patch.min_tissue_fraction)
     if len(coords) == 0:

@@ -248,7 +248,7 @@ def persam_architecture(ax: Axes | None = None) -> Axes:
     box(2.9, 3.2, 1.9, 0.8, "class token [CLS]", "#e6e6e6")
     arrow(2.3, 2.3, 2.9, 2.3)
     arrow(2.3, 0.95, 2.9, 0.95)
-    box(5.4, 0.5, 2.2, 3.5, "Transformer encoder\n(L layers)\n\n[CLS] and fields attend\nto every token; patches\nattend to [CLS], fields\nand themselves:\nlinear in N", "#fff2cc")
+    box(5.4, 0.5, 2.2, 3.5, "Transformer encoder\n(L layers)\n\nfields attend to every\ntoken, [CLS] to the\nrecord until the last\nlayer; patches attend\nto [CLS], fields and\nthemselves: linear in N", "#fff2cc")
     for y in (3.6, 2.3, 0.95):
         arrow(4.8, y, 5.4, y)
     box(8.2, 2.9, 2.6, 1.1, "CLS attention over\npatches = attention map\n(last layer; per head; rollout)", "#d9ead3")

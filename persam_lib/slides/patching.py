@@ -17,7 +17,7 @@ class PatchConfig:
     patch_size: int = 256
     stride: int | None = None
     mpp: float | None = 0.5  # 0.5 µm/px ≈ 20x
-    min_tissue_fraction: float = 0.5
+    min_tissue_fraction: float = 0.25  # of the patch on the (solid) tissue mask
 
     def __post_init__(self) -> None:
         if self.patch_size < 8:
@@ -60,21 +60,34 @@ def plan_patches(level0_mpp: float, level_downsamples: tuple[float, ...], config
     return PatchPlan(level, level_ds, read_size, config.patch_size, patch_level0, max(stride_level0, 1), target_mpp)
 
 
-def patch_grid(mask: np.ndarray, mask_downsample: float, level0_size: tuple[int, int], patch_size_level0: int, stride_level0: int, min_tissue_fraction: float = 0.5) -> np.ndarray:
+def patch_grid(mask: np.ndarray, mask_downsample: float, level0_size: tuple[int, int], patch_size_level0: int, stride_level0: int, min_tissue_fraction: float = 0.25) -> np.ndarray:
     """Top-left level-0 coordinates (N, 2) [x, y] of patches whose tissue fraction is high enough.
 
-    The tissue fraction of a patch is measured on the thumbnail mask (``mask_downsample`` level-0
-    pixels per mask pixel). Patches lie wholly inside the slide.
+    The tissue fraction of a patch is measured on the tissue mask (``mask_downsample`` level-0
+    pixels per mask pixel). Patches lie wholly inside the slide. The grid starts at 0 with step
+    ``stride_level0``; where the slide's width (height) is not a whole number of steps, one more
+    column (row) is added flush with the right (bottom) edge — shifted in, so it overlaps its
+    neighbour rather than running off the slide — so tissue in the last strip is not lost.
     """
     width, height = level0_size
-    xs = np.arange(0, width - patch_size_level0 + 1, stride_level0)
-    ys = np.arange(0, height - patch_size_level0 + 1, stride_level0)
+    xs, ys = grid_positions(width, patch_size_level0, stride_level0), grid_positions(height, patch_size_level0, stride_level0)
     if len(xs) == 0 or len(ys) == 0:
         return np.zeros((0, 2), dtype=np.int64)
     gx, gy = np.meshgrid(xs, ys)
     coords = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.int64)
     fractions = mask_fraction(mask, mask_downsample, coords, patch_size_level0)
     return coords[fractions >= min_tissue_fraction]
+
+
+def grid_positions(length: int, patch_size: int, stride: int) -> np.ndarray:
+    """Patch starts along one side of ``length`` pixels: 0, stride, … and, when the last one stops
+    short of the edge, one more at ``length - patch_size`` (flush with the edge, inside it)."""
+    if length < patch_size:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.arange(0, length - patch_size + 1, stride, dtype=np.int64)
+    if starts[-1] + patch_size < length:
+        starts = np.append(starts, length - patch_size)
+    return starts
 
 
 def mask_fraction(mask: np.ndarray, mask_downsample: float, coords: np.ndarray, patch_size: int) -> np.ndarray:
@@ -91,3 +104,33 @@ def mask_fraction(mask: np.ndarray, mask_downsample: float, coords: np.ndarray, 
     area = np.maximum((x1 - x0) * (y1 - y0), 1)
     total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
     return total / area
+
+
+@dataclass(frozen=True)
+class GridCoverage:
+    """How well a patch grid covers reference tissue (e.g. `clam_threshold_mask` at level 0)."""
+
+    patches: int
+    tissue_captured: float  # share of the reference tissue pixels that lie inside some patch
+    patches_with_tissue: float  # share of the patches whose reference-tissue fraction is >= `min_fraction`
+    min_fraction: float
+
+
+def grid_coverage(reference: np.ndarray, reference_downsample: float, coords: np.ndarray, patch_size: int, min_fraction: float = 0.25) -> GridCoverage:
+    """Tissue captured by the patches at ``coords`` (level-0 top-left, side ``patch_size``), and
+    the share of patches holding at least ``min_fraction`` reference tissue.
+
+    The two numbers pull against each other (more patches capture more tissue but hold less
+    each), so a mask and patch rule are judged by both.
+    """
+    reference = np.asarray(reference, dtype=bool)
+    covered = np.zeros(reference.shape, dtype=bool)
+    for x, y in np.asarray(coords, dtype=np.int64):
+        x0, y0 = int(x // reference_downsample), int(y // reference_downsample)
+        x1, y1 = int(np.ceil((x + patch_size) / reference_downsample)), int(np.ceil((y + patch_size) / reference_downsample))
+        covered[y0:y1, x0:x1] = True
+    total = int(reference.sum())
+    captured = float((reference & covered).sum() / total) if total else float("nan")
+    fractions = mask_fraction(reference, reference_downsample, np.asarray(coords).reshape(-1, 2), patch_size)
+    held = float(np.mean(fractions >= min_fraction)) if len(fractions) else float("nan")
+    return GridCoverage(len(fractions), captured, held, min_fraction)
