@@ -1,7 +1,7 @@
-"""A cohort that is not ours: other fields, another label with three classes, other slide sizes,
-no ground truth, and features that TRIDENT wrote (``features_<encoder>/<slide>.h5``).
+"""The example of a user's cohort (``data_manifests/example/``): not the demo's fields, label,
+classes or slide sizes, no ground truth, and features that TRIDENT wrote (``features_<encoder>/<slide>.h5``).
 
-What a user brings: `make_foreign_cohort(out)` writes ``slides/*.tiff`` (plain pink-and-purple
+What a user brings: `make_example_cohort(out)` writes ``slides/*.tiff`` (plain pink-and-purple
 noise with a few darker blobs, 1536 × 1024 and 1280 × 1792 px, 0.25 µm/px), ``slides.csv``,
 ``records.csv`` (the user's columns: grade, smoker, psa, response), ``manifest.yaml`` and ``trident/features_uni_v1/*.h5``
 (64 features per patch, coords in level-0 pixels, ``patch_size`` 512 at level 0). The response
@@ -18,11 +18,28 @@ import numpy as np
 from persam_lib.slides.tiff_writer import write_pyramidal_tiff
 
 CLASSES = ("CR", "PR", "SD")
+MANIFEST = """\
+# An example of your own cohort: 18 patients, three classes, no ground truth. Its slides and the
+# TRIDENT features are made by `make example` (python -m persam_lib.cohort.example data_manifests/example).
+# Check it:         persam validate data_manifests/example/manifest.yaml
+# Import features:  persam import-features data_manifests/example/trident --manifest data_manifests/example/manifest.yaml --format trident --out data_manifests/example/features
+# Build the book:   persam book --manifest data_manifests/example/manifest.yaml --features data_manifests/example/features --work _work/example
+cohort: prostate-pilot
+slides: slides.csv          # slide_id, patient_id, path (relative to this file)
+clinical: records.csv       # patient_id, then one column per field and the label
+label: {column: response, classes: [CR, PR, SD]}
+fields:
+  grade: {type: categorical, values: [G1, G2, G3]}
+  smoker: {type: categorical, values: ['yes', 'no']}   # quoted: unquoted yes/no are booleans in YAML
+  psa: {type: numeric, min: 0, max: 1000, unit: ng/mL}
+groups:                     # optional: fields read together as one record token (persam_paper; persam with record_tokens=group)
+  history: [grade, smoker]
+"""
 FEATURE_DIM = 64
 
 
-def make_foreign_cohort(out: str | Path, patients: int = 18, seed: int = 3) -> Path:
-    """Write the cohort into ``out`` and return its manifest's path."""
+def make_example_cohort(out: str | Path, patients: int = 18, seed: int = 3) -> Path:
+    """Write the cohort into ``out`` and return its manifest's path (the same files every time: seeded)."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     (out / "slides").mkdir(parents=True, exist_ok=True)
@@ -57,9 +74,20 @@ def make_foreign_cohort(out: str | Path, patients: int = 18, seed: int = 3) -> P
             c.attrs["target_magnification"] = 20
     (out / "slides.csv").write_text("\n".join(slide_rows) + "\n")
     (out / "records.csv").write_text("\n".join(record_rows) + "\n")
-    (out / "manifest.yaml").write_text(
-        "cohort: prostate-pilot\nslides: slides.csv\nclinical: records.csv\n"
-        f"label: {{column: response, classes: [{', '.join(CLASSES)}]}}\n"
-        "fields:\n  grade: {type: categorical, values: [G1, G2, G3]}\n  smoker: {type: categorical, values: ['yes', 'no']}\n  psa: {type: numeric, min: 0, max: 1000, unit: ng/mL}\n"
-    )
+    (out / "manifest.yaml").write_text(MANIFEST)
     return out / "manifest.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m persam_lib.cohort.example [OUT]``: write the example cohort (default ``_work/example``)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    out = Path(args[0] if args else "_work/example")
+    manifest = make_example_cohort(out)
+    print(f"example cohort: {manifest} (slides in {out / 'slides'}, TRIDENT features in {out / 'trident'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
