@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BROWSER := $(VENV)/.browser
 WORK ?= _work/demo
 
-.PHONY: book test bench ci-book clean distclean
+.PHONY: book test bench ci-book example lab clean distclean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
@@ -36,6 +36,18 @@ test: $(STAMP) $(BROWSER)
 ci-book: $(STAMP) $(BROWSER)
 	$(BIN)/persam book --work _work/ci --patients 12 --strict --set epochs=3 --set folds=2 --set slides=4 --set workers=1 --set sweep_file=book/sweeps/ci.yaml
 	$(BIN)/persam reproduce book/executed/training.ipynb --work _work/ci
+
+# The example of your own cohort (data_manifests/example): its slides and TRIDENT features, imported
+example: $(STAMP)
+	$(BIN)/python -m persam_lib.cohort.example data_manifests/example
+	$(BIN)/persam import-features data_manifests/example/trident --manifest data_manifests/example/manifest.yaml --format trident --out data_manifests/example/features
+
+# JupyterLab on the project, with the project's environment as its kernel ("PersAM Book (.venv)"):
+# open notebooks/*.ipynb and run any chapter; its parameters cell says what to change.
+LAB_PORT ?= 8888
+lab: $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name persam-book --display-name "PersAM Book (.venv)" >/dev/null
+	$(BIN)/jupyter lab --notebook-dir=. --port=$(LAB_PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 clean:
 	rm -rf _build book/executed

@@ -148,8 +148,9 @@ def slide_maps(explanation: Explanation, slide_id: str, column: str = "attention
 
 def sample_background(cohort: Cohort, slide_id: str, features_dir: str | Path | None) -> tuple[np.ndarray, float, np.ndarray | None]:
     """What a heatmap is drawn over: an RGB thumbnail (H, W, 3) uint8, its downsample from the
-    sample's pixels, and the tissue mask where there is one (slides; None for 2-D images, whose
-    whole patch grid is attended)."""
+    sample's pixels, and the tissue mask where there is one (slides whose features we extracted;
+    None for imported features, which come without one, and for 2-D images, whose whole patch grid
+    is attended)."""
     row = cohort.sample_rows()[slide_id]
     if cohort.modality == "images":
         from persam_lib.images import read_image
@@ -160,12 +161,12 @@ def sample_background(cohort: Cohort, slide_id: str, features_dir: str | Path | 
         rgb = pixels[::step, ::step]
         rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
         return (rgb * 255).round().astype(np.uint8), float(step), None
-    from persam_lib.features.products import load_tissue_mask
+    from persam_lib.features.products import load_tissue_mask, mask_path
     from persam_lib.slides.factory import open_slide
 
     with open_slide(row["path"]) as slide:
         thumb, downsample = slide.thumbnail(16)
-    tissue, _ = load_tissue_mask(features_dir, slide_id)
+    tissue = load_tissue_mask(features_dir, slide_id)[0] if features_dir is not None and mask_path(features_dir, slide_id).is_file() else None
     return thumb, downsample, tissue
 
 
