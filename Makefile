@@ -31,9 +31,11 @@ book: $(STAMP) $(BROWSER)
 test: $(STAMP) $(BROWSER)
 	$(BIN)/python -m pytest -q
 
-# What CI builds besides the tests: a small book (strict, privacy scan, browser check with a
-# screenshot in _build/screenshots/), then a reviewer's re-execution of one chapter.
-ci-book: $(STAMP) $(BROWSER)
+# What CI builds besides the tests: the book on the example of a user's cohort (other fields and
+# classes, no ground truth, TRIDENT features), then a small demo book (both strict, privacy scan,
+# browser check with a screenshot in _build/screenshots/), then a reviewer's re-execution of one chapter.
+ci-book: $(STAMP) $(BROWSER) example
+	$(BIN)/persam book --manifest data_manifests/example/manifest.yaml --features data_manifests/example/features --work _work/ci-example --strict --set epochs=3 --set folds=2 --set slides=4 --set workers=1 --set sweep_file=book/sweeps/ci.yaml
 	$(BIN)/persam book --work _work/ci --patients 12 --strict --set epochs=3 --set folds=2 --set slides=4 --set workers=1 --set sweep_file=book/sweeps/ci.yaml
 	$(BIN)/persam reproduce book/executed/training.ipynb --work _work/ci
 

@@ -20,7 +20,7 @@ def built_book(tmp_path_factory):
     shutil.copytree(ROOT / "notebooks", project / "notebooks")
     tiny_sweep = project / "book" / "sweeps" / "tiny.yaml"
     tiny_sweep.write_text("name: tiny\nnotebooks:\n  - notebook: training\n    grid: {seed: [0, 1]}\n    parameters: {models: [abmil], epochs: 2, folds: 2, workers: 1}\n")
-    overrides = {"patients": 8, "epochs": 3, "folds": 2, "examples": 1, "slides": 4, "workers": 1, "sweep_file": str(tiny_sweep)}
+    overrides = {"patients": 8, "epochs": 3, "folds": 2, "examples": 1, "slides": 4, "workers": 1, "sweep_file": str(tiny_sweep), "ablation": False}  # the ablation has its own tests
     report = execute_notebooks(project, project / "_work", overrides)
     report.build_returncode = build_html(project, strict=True)
     return project, report
