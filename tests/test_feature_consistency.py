@@ -43,9 +43,9 @@ def test_every_file_records_its_settings_beside_the_clam_attributes(tiny_feature
     record = read_extraction(path)
     assert record == {
         "source": "persam", "encoder": "stats", "encoder_weights_sha256": "none", "patch_size": 256, "mpp": 0.5, "stride": 256,
-        "min_tissue_fraction": 0.5, "tissue": record["tissue"], "library_version": version("persam-lib"),
+        "min_tissue_fraction": 0.25, "tissue": record["tissue"], "library_version": version("persam-lib"),
     }
-    assert record["tissue"]["thumbnail_downsample"] == 16.0 and record["tissue"]["min_area"] == 64 and record["tissue"]["reject_pen"] is True
+    assert record["tissue"]["thumbnail_downsample"] == 16.0 and record["tissue"]["min_area_um2"] == 5000.0 and record["tissue"]["reject_pen"] is True
     with h5py.File(path, "r") as f:  # CLAM / TRIDENT attributes are intact
         assert f.attrs["encoder"] == "stats" and f["coords"].attrs["patch_size"] == 256 and f["coords"].attrs["patch_size_level0"] == 256
     config = json.loads((tiny_features / "extract_config.json").read_text())

@@ -73,22 +73,42 @@ def test_pale_stroma_with_gaps_between_fibres_gives_a_solid_mask_and_glass_stays
     assert mask[_eroded(glass, 3)].mean() < 0.005
 
 
+def test_fat_between_thin_septa_is_tissue():
+    """A fat lobule: 80 µm adipocytes (glass-white inside) between 4 µm pink septa, which a
+    segmentation pixel (8 µm) sees at a quarter of their saturation."""
+    mpp = 2.0
+    y, x = (np.mgrid[0:400, 0:400] + 0.5) * mpp  # 0.8 mm square
+    lobule = (x - 400) ** 2 + (y - 400) ** 2 <= 300**2
+    septa = (np.minimum(x % 80, 80 - x % 80) < 2) | (np.minimum(y % 80, 80 - y % 80) < 2)
+    level0 = np.empty((400, 400, 3), dtype=np.uint8)
+    level0[:] = GLASS
+    level0[lobule & septa] = (230, 180, 210)
+    image, ds = segmentation_image(level0, 1.0, 4)
+    mask = tissue_mask(image, mpp=mpp * ds)
+    lobule_at = _at(lobule, int(ds))
+    assert mask[_eroded(lobule_at, 10)].mean() > 0.99  # every closed cell is filled (cells cut open by the lobule's edge are not holes)
+    assert not mask[~_at(lobule | (np.hypot(x - 400, y - 400) <= 340), int(ds))].any()
+
+
 def test_morphology_is_in_microns_so_two_resolutions_agree():
-    level0, _ = _section(mpp=2.0, seed=1)
-    fine_image, fine_ds = segmentation_image(level0, 1.0, 2)  # 4 µm/px
-    coarse_image, coarse_ds = segmentation_image(level0, 1.0, 8)  # 16 µm/px
-    fine = tissue_mask(fine_image, mpp=2.0 * fine_ds)
-    coarse = tissue_mask(coarse_image, mpp=2.0 * coarse_ds)
-    fine_at_coarse = downsample((fine * 255).astype(np.uint8)[..., None].repeat(3, -1), 4)[..., 0] >= 128
-    agree = (fine_at_coarse & coarse).sum() / (fine_at_coarse | coarse).sum()
-    assert agree > 0.93, agree
-    # the same settings in pixels (what the mask used to do) would not agree: a closing of 3 px
-    # bridges 24 µm at 8 µm/px but 96 µm at 32 µm/px
-    per_pixel = TissueConfig(closing_radius_um=3 * 2.0 * fine_ds, max_hole_area_um2=400 * (2.0 * fine_ds) ** 2)
-    coarse_per_pixel = TissueConfig(closing_radius_um=3 * 2.0 * coarse_ds, max_hole_area_um2=400 * (2.0 * coarse_ds) ** 2)
-    fine_px = downsample((tissue_mask(fine_image, 2.0 * fine_ds, per_pixel) * 255).astype(np.uint8)[..., None].repeat(3, -1), 4)[..., 0] >= 128
-    coarse_px = tissue_mask(coarse_image, 2.0 * coarse_ds, coarse_per_pixel)
-    assert (fine_px & coarse_px).sum() / (fine_px | coarse_px).sum() < agree
+    level0, regions = _section(mpp=2.0, seed=1)
+    masks, gap_filled, lumen_open = {}, {}, {}
+    for factor in (2, 8):  # 4 and 16 µm/px
+        image, ds = segmentation_image(level0, 1.0, factor)
+        masks[factor] = tissue_mask(image, mpp=2.0 * ds)
+        gap_filled[factor] = masks[factor][_eroded(_at(regions["gap"], factor), 1)].mean()
+        lumen_open[factor] = 1 - masks[factor][_eroded(_at(regions["lumen"], factor), 2)].mean()
+    fine_at_coarse = downsample((masks[2] * 255).astype(np.uint8)[..., None].repeat(3, -1), 4)[..., 0] >= 128
+    agree = (fine_at_coarse & masks[8]).sum() / (fine_at_coarse | masks[8]).sum()
+    assert agree > 0.95, agree
+    assert min(gap_filled.values()) > 0.99 and min(lumen_open.values()) > 0.98  # the same holes filled at both
+    # settings in pixels (what the mask used to have) would not agree: a 400-px hole limit is
+    # 0.0064 mm² at 4 µm/px (the 0.03 mm² gap stays open) but 0.1 mm² at 16 µm/px (it is filled)
+    for factor, expect_filled in ((2, False), (8, True)):
+        image, ds = segmentation_image(level0, 1.0, factor)
+        in_pixels = TissueConfig(max_hole_area_um2=400 * (2.0 * ds) ** 2)
+        gap = tissue_mask(image, 2.0 * ds, in_pixels)[_eroded(_at(regions["gap"], factor), 1)].mean()
+        assert (gap > 0.99) == expect_filled, (factor, gap)
 
 
 def test_haematoxylin_dark_nuclei_and_keratin_are_tissue():

