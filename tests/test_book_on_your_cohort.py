@@ -93,3 +93,36 @@ def test_book_refuses_features_without_a_manifest_and_a_missing_manifest(tmp_pat
     assert "--features needs --manifest" in capsys.readouterr().err
     assert main(["book", "--work", str(tmp_path), "--manifest", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml does not exist" in capsys.readouterr().err
+
+
+def test_papermills_absolute_paths_are_made_relative_in_the_published_copy(tmp_path):
+    import json
+
+    from persam_lib.book.build import relative_papermill_paths
+
+    root = tmp_path / "project"
+    (root / "book" / "executed").mkdir(parents=True)
+    notebook = root / "book" / "executed" / "cohort.ipynb"
+    notebook.write_text(json.dumps({"cells": [], "metadata": {"papermill": {"input_path": str(root / "notebooks" / "cohort.ipynb"), "output_path": str(root / "book" / "executed" / ".cohort.running.ipynb"), "parameters": {"work_dir": "_work/x"}}}}))
+    relative_papermill_paths(notebook, root)
+    meta = json.loads(notebook.read_text())["metadata"]["papermill"]
+    assert meta == {"input_path": "notebooks/cohort.ipynb", "output_path": "book/executed/cohort.ipynb", "parameters": {"work_dir": "_work/x"}}
+    assert str(tmp_path) not in notebook.read_text()
+
+
+def test_chapters_describe_your_cohort_not_the_demos(example, tiny_cohort_dir, tmp_path):
+    from persam_lib.book.sections import cohort_description, deciding_field_note
+    from persam_lib.cohort.demo import DESCRIPTION
+
+    manifest, features = example
+    yours = setup_chapter(tmp_path / "a", "", manifest, features)
+    text = cohort_description(yours).data + deciding_field_note(yours).data
+    assert "`prostate-pilot`" in text and "CR, PR, SD" in text and "no ground truth" in text
+    assert not any(demo in text for demo in ("site", "nodal", "ldh", "nodular"))
+    with_truth = setup_chapter(tmp_path / "b", "", tiny_cohort_dir / "manifest.yaml")
+    assert "`site`" in deciding_field_note(with_truth).data and "`age`" in deciding_field_note(with_truth).data
+    demo_dir = tmp_path / "c" / "cohort"
+    import shutil
+
+    shutil.copytree(tiny_cohort_dir, demo_dir)
+    assert cohort_description(setup_chapter(tmp_path / "c", "", "")).data == DESCRIPTION  # the demo cohort's own design

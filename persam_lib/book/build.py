@@ -129,8 +129,25 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
                 os.replace(tmp, target)  # keep the partly executed notebook: the book shows the error
             print(f"[persam book] FAILED {spec.name}: {report.failed[spec.name]}", flush=True)
         if target.exists():
+            relative_papermill_paths(target, root)
             write_sidecar(target)
     return report
+
+
+def relative_papermill_paths(notebook: Path, root: Path) -> None:
+    """Papermill records the absolute input and output paths in the executed notebook's metadata,
+    which the book publishes: keep them relative to the project root (and name the output as the
+    executed copy, not the temporary file it was written to)."""
+    import json
+
+    data = json.loads(notebook.read_text())
+    meta = data.get("metadata", {}).get("papermill")
+    if not isinstance(meta, dict):
+        return
+    for key, value in (("input_path", meta.get("input_path")), ("output_path", str(notebook))):
+        if value:
+            meta[key] = seen_from(root, value)
+    notebook.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 PATH_PARAMETERS = ("work_dir", "output_dir", "manifest", "image_manifest", "features_dir")  # given to notebooks relative to the project root

@@ -44,6 +44,32 @@ MODEL_COLUMNS = {
 }
 
 
+def cohort_description(chapter: Chapter) -> Markdown:
+    """What the cohort is: the demo cohort's design when the chapter runs on it, else what the
+    user's manifest declares (fields by type, label, ground truth or not), never the demo's names."""
+    from persam_lib.cohort.demo import DESCRIPTION
+
+    cohort = chapter.cohort
+    if chapter.ws.demo_manifest == cohort.manifest_path:
+        return Markdown(DESCRIPTION)
+    kinds = {"categorical": [], "numeric": [], "text": []}
+    for spec in cohort.schema.fields:
+        kinds.setdefault(spec.type, []).append(f"`{spec.name}`")
+    parts = [f"{k} {', '.join(v)}" for k, v in kinds.items() if v]
+    truth = (f"Its ground truth names the regions and the field that decides which one is diagnostic (`{chapter.truth.deciding_field}`)."
+             if chapter.truth is not None else "It ships no ground-truth regions: the chapters say what they leave out without them.")
+    return Markdown(f"This book is built on **your cohort** `{cohort.name}`: {len(cohort.schema.label.classes)} classes of `{cohort.schema.label.column}` "
+                    f"({', '.join(cohort.schema.label.classes)}); fields: {'; '.join(parts)}. {truth}")
+
+
+def deciding_field_note(chapter: Chapter) -> Markdown:
+    """Which field the cohort's ground truth says decides the diagnostic region, for a chapter's text."""
+    if chapter.truth is None:
+        return Markdown("*This cohort ships no ground truth, so no field is known to decide where attention should go; the sections below show what the record changes.*")
+    return Markdown(f"In this cohort the ground truth names `{chapter.truth.deciding_field}` as the field that decides which region is diagnostic; "
+                    f"{', '.join(f'`{f}`' for f in chapter.truth.noise_fields) or 'no field'} should not matter.")
+
+
 def cohort_overview(cohort: Cohort) -> Markdown:
     """One line: the cohort's name, samples, patients, fields, label with its classes' counts,
     and the identifying fields no model reads and the book never shows."""

@@ -32,6 +32,14 @@ from persam_lib.cohort.truth import MASKS_DIR, TRUTH_FILE, mask_file, write_trut
 from persam_lib.slides.tiff_writer import write_pyramidal_tiff
 
 SUBTYPES = "ABC"  # the phenotypes the renderer draws (`demo_tissue._PHENOTYPES`)
+DESCRIPTION = """\
+Each demo slide has two lesion regions, a **nodular** and a **diffuse** one, and each shows phenotype
+A or B. The clinical field `site` decides which region determines the label: `nodal` → the nodular
+region, `extranodal` → the diffuse region. In about half of the patients the two regions disagree,
+so a model that ignores the record can be right for at most ~75% of patients. `age` and `sex` are
+noise, `ldh` is weakly informative, and `site_permuted` is a negative control: `site`'s values
+permuted across patients. The table also holds a made-up medical record number, marked
+*identifying*: no model reads it and the book never shows it (a scan of the built book checks)."""  # what the cohort chapter says of the demo cohort
 DECIDING_FIELD = "site"
 DIAGNOSTIC_REGION = {"nodal": "nodular", "extranodal": "diffuse"}
 NOISE_FIELDS = ("age", "sex")  # drawn independently of everything else
