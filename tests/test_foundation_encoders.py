@@ -455,3 +455,21 @@ def test_persam_extract_runs_an_hf_folder_end_to_end(tiny_cohort, tmp_path):
     assert not summary.failed
     data = read_features(feature_path(tmp_path / "features", slide_ids[0]))
     assert data.encoder == name and data.features.shape[1] == 64 and len(data.features) == len(data.coords) > 0
+
+
+def test_an_hf_folders_weights_are_recorded_by_digest(tmp_path):
+    """Two save_pretrained folders of one name with other weights get other settings records."""
+    from persam_lib.features.config import ExtractConfig
+    from persam_lib.features.settings import extraction_settings
+
+    _tiny_hf("vit", tmp_path / "a" / "phikon")
+    first = extraction_settings(ExtractConfig(encoder=f"hf:{tmp_path / 'a' / 'phikon'}"))["encoder_weights_sha256"]
+    assert len(first) == 64 and first == extraction_settings(ExtractConfig(encoder=f"hf:{tmp_path / 'a' / 'phikon'}"))["encoder_weights_sha256"]
+    model = _tiny_hf("vit", tmp_path / "b" / "phikon")
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(tmp_path / "b" / "phikon")
+    assert extraction_settings(ExtractConfig(encoder=f"hf:{tmp_path / 'b' / 'phikon'}"))["encoder_weights_sha256"] != first
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no weight files"):
+        extraction_settings(ExtractConfig(encoder=f"hf:{tmp_path / 'empty'}"))

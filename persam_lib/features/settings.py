@@ -67,13 +67,39 @@ def weights_digest(path: str | Path | None) -> str:
     return digest.hexdigest()
 
 
+HF_WEIGHT_FILES = ("*.safetensors", "*.bin", "config.json", "preprocessor_config.json")  # what a save_pretrained folder's weights and set-up are
+
+
+def folder_digest(folder: str | Path) -> str:
+    """sha256 over a Hugging Face ``save_pretrained`` folder's weight and configuration files (names
+    and contents, in name order): an ``hf:<folder>`` encoder's weights have no single file, and two
+    folders of one name can hold different models."""
+    folder = Path(folder)
+    files = sorted({p for pattern in HF_WEIGHT_FILES for p in folder.glob(pattern) if p.is_file()})
+    if not files:
+        raise FileNotFoundError(f"{folder}: no weight files ({', '.join(HF_WEIGHT_FILES)}); give hf: a folder written by save_pretrained")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + weights_digest(path).encode())
+    return digest.hexdigest()
+
+
+def encoder_weights_digest(config: "ExtractConfig") -> str:
+    """The digest of the encoder's weights: its weight file's, an ``hf:<folder>``'s folder, or "none"."""
+    if config.encoder_weights:
+        return weights_digest(config.encoder_weights)
+    if config.encoder.startswith("hf:"):
+        return folder_digest(config.encoder[3:])
+    return "none"
+
+
 def extraction_settings(config: "ExtractConfig") -> dict[str, Any]:
     """The record `persam extract` writes into every feature file for ``config``."""
     patch = config.patch
     return {
         "source": "persam",
         "encoder": config.encoder,
-        "encoder_weights_sha256": weights_digest(config.encoder_weights),
+        "encoder_weights_sha256": encoder_weights_digest(config),
         "patch_size": int(patch.patch_size),
         "mpp": None if patch.mpp is None else float(patch.mpp),
         "stride": int(patch.stride or patch.patch_size),
