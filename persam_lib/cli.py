@@ -61,7 +61,8 @@ def _validate(args: argparse.Namespace) -> int:
     if failures:
         raise ValueError("\n".join(failures))
     opened = "files not opened (--quick)" if args.quick else f"every {cohort.sample_name} {'opened' if cohort.modality == 'slides' else 'decoded'}"
-    print(f"{args.manifest}: valid — cohort '{cohort.name}', {len(cohort.slides)} {cohort.sample_name}(s), {len(cohort.clinical)} patient(s), fields {cohort.schema.names}; {opened}")
+    labelling = "" if cohort.labelling == "labelled" else f" ({cohort.labelling}: {len(cohort.unlabelled)} without a label; for predict and explain, not train)"
+    print(f"{args.manifest}: valid — cohort '{cohort.name}', {len(cohort.slides)} {cohort.sample_name}(s), {len(cohort.clinical)} patient(s){labelling}, fields {cohort.schema.names}; {opened}")
     return 0
 
 

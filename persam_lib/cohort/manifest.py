@@ -34,6 +34,7 @@ REQUIRED_KEYS = ("cohort", "clinical", "label", "fields")
 SAMPLE_KEYS = ("slides", "images")  # exactly one: the modality of the cohort
 OPTIONAL_KEYS = ("truth", "window", "groups")
 SLIDE_COLUMNS = ("slide_id", "patient_id", "path")
+UNLABELLED = -1  # `Cohort.labels` of a patient without a label
 IMAGE_COLUMNS = ("image_id", "patient_id", "path")
 
 
@@ -109,9 +110,21 @@ class Cohort:
         return self.clinical[self.schema.names]
 
     def labels(self) -> pd.Series:
-        """Label index (0..n_classes-1) per patient."""
+        """Label index (0..n_classes-1) per patient; `UNLABELLED` (-1) for a patient without a label
+        (a cohort of new patients: predict and explain read it, `check_trainable` refuses to train on it)."""
         classes = list(self.schema.label.classes)
-        return self.clinical[self.schema.label.column].map(classes.index).astype(int)
+        return self.clinical[self.schema.label.column].map(lambda v: classes.index(v) if v in classes else UNLABELLED).astype(int)
+
+    @property
+    def unlabelled(self) -> list[str]:
+        """The patients whose label is empty (or whose table has no label column)."""
+        return [str(p) for p, v in self.clinical[self.schema.label.column].items() if v is None or v == "" or v != v]
+
+    @property
+    def labelling(self) -> str:
+        """"labelled" (every patient), "unlabelled" (none) or "partly labelled"."""
+        missing = len(self.unlabelled)
+        return "labelled" if missing == 0 else "unlabelled" if missing == len(self.clinical) else "partly labelled"
 
     def slide_table(self) -> pd.DataFrame:
         """Slides joined with their patient's label index; one row per slide."""
@@ -516,6 +529,8 @@ def _read_clinical(csv_path: Path, schema: FieldSchema, source: Source) -> tuple
         return None, problems
     read = [spec for spec in schema.fields if not spec.permutation_of]  # negative controls are made below, not read
     needed = ["patient_id", *(spec.name for spec in read), schema.label.column]
+    if schema.label.column not in table.columns:  # a cohort of new patients: no label column at all
+        table = table.assign(**{schema.label.column: ""})
     missing_cols = [c for c in needed if c not in table.columns]
     if missing_cols:
         return None, [Problem(csv_path, f"the column(s) {missing_cols} are missing", "Add them, or remove those fields from the manifest.", line=1)]
@@ -529,7 +544,7 @@ def _read_clinical(csv_path: Path, schema: FieldSchema, source: Source) -> tuple
             if issue:
                 problems.append(Problem(csv_path, f"{issue} (patient '{row['patient_id']}')", _fix_hint(spec), line=line, field=spec.name))
         label = row[schema.label.column]
-        if label not in schema.label.classes:
+        if label.strip() and label not in schema.label.classes:  # empty: an unlabelled patient
             problems.append(Problem(csv_path, f"label '{label}' is not one of the classes {list(schema.label.classes)} (patient '{row['patient_id']}')", "Fix the label or add the class to `label.classes` in the manifest.", line=line, field=schema.label.column))
     duplicated = table["patient_id"][table["patient_id"].duplicated()]
     for i, pid in duplicated.items():
@@ -544,6 +559,7 @@ def _read_clinical(csv_path: Path, schema: FieldSchema, source: Source) -> tuple
             out[spec.name] = pd.to_numeric(out[spec.name].replace("", None), errors="coerce").astype(float)
         else:
             out[spec.name] = out[spec.name].where(out[spec.name] != "", None)
+    out[schema.label.column] = out[schema.label.column].where(out[schema.label.column].str.strip() != "", None)
     out = out.set_index("patient_id")
     for position, spec in enumerate(schema.fields):
         if spec.permutation_of:

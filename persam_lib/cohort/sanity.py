@@ -77,6 +77,17 @@ def _issues(cohort: Cohort, n_folds: int | None) -> tuple[list[Problem], list[Pr
     patients = cohort.clinical[used]
     errors: list[Problem] = []
     warnings: list[Problem] = []
+    unlabelled = [p for p in cohort.unlabelled if p in set(patients.index)]
+    if unlabelled:
+        first = ", ".join(unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else "")
+        what = f"{len(unlabelled)} of {len(patients)} patient(s) have no label in column '{cohort.schema.label.column}' ({first})"
+        if n_folds is not None:  # training: every patient needs its label
+            errors.append(Problem(clinical_csv, f"{what}: training needs the label of every patient", "Fill in the labels, or leave those patients out; a cohort of new patients is for `persam predict` and `persam explain`, not for training.", field=cohort.schema.label.column))
+            return errors, warnings
+        warnings.append(Problem(clinical_csv, f"the cohort is {cohort.labelling}: {what}", "Fine for `persam predict` and `persam explain` (with labels they are also scored); `persam train` and `compare` need every label.", field=cohort.schema.label.column))
+        patients = patients.drop(index=unlabelled)
+        if patients.empty:
+            return errors, warnings
     errors_, warnings_ = _class_issues(cohort, clinical_csv, patients, n_folds)
     errors += errors_
     warnings += warnings_
