@@ -149,6 +149,46 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from persam_lib.cohort.manifest import load_manifest
+    from persam_lib.io.atomic import write_json_atomic, write_text_atomic
+    from persam_lib.predict.calibration import stored_temperature
+    from persam_lib.predict.ensemble import by_patient, predict_cohort, score
+    from persam_lib.train.run import Run
+
+    if args.out.suffix != ".csv":
+        raise ValueError(f"{args.out}: the predictions table must end in .csv")
+    run, cohort = Run(args.run), load_manifest(args.manifest)
+    features = args.features if args.features is not None else (run.inputs.get("features_dir") if cohort.modality == "slides" else None)
+    temperature = 1.0 if args.no_calibration else (stored_temperature(run) or 1.0)
+    predictions = predict_cohort(run, cohort, features, fold=args.fold, device=args.device, temperature=temperature)
+    for note in predictions.notes:
+        print(f"predict: note: {note}", file=sys.stderr)
+    table = by_patient(predictions)
+    write_text_atomic(args.out, table.to_csv(index=False))
+    how = f"fold {args.fold}" if args.fold is not None else f"the mean of {len(run.finished_folds)} fold models"
+    print(f"predict: {len(table)} patient(s) of {cohort.name} scored by {how}" + (f", temperature {temperature:.3f} (calibration.json)" if temperature != 1.0 else "") + f" -> {args.out}")
+    metrics = score(predictions, cohort)
+    if metrics is not None:
+        print(f"predict: {metrics['n']} labelled patient(s): balanced accuracy {metrics['balanced_accuracy']:.3f} [{metrics['balanced_accuracy_low']:.3f}, {metrics['balanced_accuracy_high']:.3f}], AUROC {metrics['auroc']:.3f}")
+        if args.metrics:
+            write_json_atomic(args.metrics, metrics)
+    elif args.metrics:
+        print("predict: the cohort is unlabelled, so there are no metrics to write", file=sys.stderr)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from persam_lib.predict.calibration import calibrate_run
+    from persam_lib.train.run import Run
+
+    result = calibrate_run(Run(args.run), store=not args.dry_run)
+    fmt = lambda v: f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
+    print(f"calibrate: {result.patients} out-of-fold patients; ECE {fmt(result.ece)} -> {fmt(result.ece_scaled)}, Brier {fmt(result.brier)} -> {fmt(result.brier_scaled)} at temperature {result.temperature:.3f}"
+          + ("" if args.dry_run else f"; stored in {Path(args.run) / 'calibration.json'} (persam predict applies it)"))
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
     from persam_lib.cohort.truth import load_truth
@@ -351,6 +391,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p)
     p.add_argument("--workers", type=int, default=1, help="train models in N parallel processes (CPU)")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("predict", help="score a cohort of new patients (labels optional) with a run's fold models as an ensemble")
+    p.add_argument("run", type=Path, help="a finished run directory (persam train)")
+    p.add_argument("--manifest", type=Path, required=True, help="the new cohort's manifest.yaml (the label column may be missing or empty)")
+    p.add_argument("--features", type=Path, default=None, help="the new cohort's features (default: the run's features folder); made with the run's extraction settings")
+    p.add_argument("--out", type=Path, required=True, help="predictions table (.csv): one row per patient, each class's probability, the predicted class, the spread across folds")
+    p.add_argument("--fold", type=int, default=None, help="score with this fold's model alone (default: the mean of all fold models)")
+    p.add_argument("--metrics", type=Path, default=None, help="with labels: write the metrics (balanced accuracy, AUROC, F1, confusion; 95%% CIs) to this .json")
+    p.add_argument("--no-calibration", action="store_true", help="ignore the temperature persam calibrate stored in the run")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("calibrate", help="reliability, ECE and Brier score of a run's out-of-fold predictions; fit and store temperature scaling")
+    p.add_argument("run", type=Path, help="a finished run directory")
+    p.add_argument("--dry-run", action="store_true", help="measure only; store no temperature")
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("explain", help="patch attention under the original and altered records, shift and ground-truth metrics, figures")
     p.add_argument("run_dir", type=Path, help="a run directory written by `persam train`")

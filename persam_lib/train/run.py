@@ -37,6 +37,8 @@ from persam_lib.cohort.truth import GroundTruth, load_truth
 from persam_lib.models import MODEL_INFO, available_models, class_map_models, check_settings, create_model, settings_for
 from persam_lib.models.base import ModelConfig
 from persam_lib.models.clinical import RecordEncoder
+from persam_lib.features.settings import recorded_settings
+from persam_lib.features.store import feature_path, read_features
 from persam_lib.models.record_groups import group_indices
 from persam_lib.train.recipes import with_recipe
 from persam_lib.train.checkpoint import LoadedModel, load_checkpoint, save_checkpoint
@@ -130,6 +132,7 @@ class TrainingInputs:
     device: torch.device
     warnings: list[str]
     truth: GroundTruth | None = None  # read once here; the region-agreement metrics use it
+    feature_settings: dict | None = None  # how the slides' features were made (`persam_lib.features.settings`); `persam predict` checks new features against it
 
 
 def prepare_training(cohort: Cohort, features_dir: str | Path | None, config: TrainConfig, distributed: Distributed = Distributed()) -> TrainingInputs:
@@ -149,6 +152,7 @@ def prepare_training(cohort: Cohort, features_dir: str | Path | None, config: Tr
     warnings = check_trainable(cohort, config.n_folds)
     truth = load_truth(cohort)  # a broken ground-truth file fails now, not after the last fold
     bags = load_samples(cohort, features_dir, ImageInput.of(config.model_settings))  # slides: `check_feature_folder`
+    feature_settings = recorded_settings(read_features(feature_path(features_dir, bags[0].slide_id), check_finite=False)) if cohort.modality == "slides" and bags else None
     patients = sorted({b.patient_id for b in bags})
     patient_labels = cohort.labels().loc[patients]
     folds = make_folds(patient_labels, config.n_folds, config.seed)
@@ -159,7 +163,7 @@ def prepare_training(cohort: Cohort, features_dir: str | Path | None, config: Tr
         record_groups=group_indices(cohort.schema.names, cohort.schema.record_groups()),
     )
     create_model(config.model, model_config)  # a model that cannot be built for these inputs fails here, not in a fold
-    return TrainingInputs(bags, patient_labels, folds, cohort.records(), model_config, device, warnings, truth)
+    return TrainingInputs(bags, patient_labels, folds, cohort.records(), model_config, device, warnings, truth, feature_settings)
 
 
 def _sample_digests(bags: list[Bag]) -> dict[str, str]:
@@ -241,7 +245,7 @@ def train_cross_validated(
             write_json_atomic(out_dir / "config.json", config.to_dict())
             write_json_atomic(out_dir / "schema.json", cohort.schema.to_dict())
             features = None if cohort.modality == "images" or features_dir is None else str(Path(features_dir).resolve())
-            write_json_atomic(out_dir / "inputs.json", {"manifest": str(cohort.manifest_path), "features_dir": features, "modality": cohort.modality})
+            write_json_atomic(out_dir / "inputs.json", {"manifest": str(cohort.manifest_path), "features_dir": features, "modality": cohort.modality, "feature_settings": prepared.feature_settings})
             write_text_atomic(out_dir / "folds.csv", folds.rename_axis("patient_id").reset_index().to_csv(index=False))
 
         for fold, ids, digest in tqdm(plan, desc=f"train {config.model}", disable=not (progress and main)):
