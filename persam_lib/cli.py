@@ -209,7 +209,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.metrics is not None:
         check_metrics_path(args.metrics)
     features = args.features or (None if cohort.modality == "images" else _features_of(run))
-    explanation = explain_run(run, cohort, features, alterations or None, ExplainConfig(quantiles=quantiles, per_head=args.per_head, per_class=args.per_class))
+    explanation = explain_run(run, cohort, features, alterations or None, ExplainConfig(quantiles=quantiles, per_head=args.per_head, per_class=args.per_class, fold=args.fold))
     write_table(explanation.attention, args.out)
     print(f"explain: {explanation.attention['slide_id'].nunique()} {cohort.sample_name}(s), {explanation.attention['record'].nunique()} record(s) -> {args.out}")
     if args.metrics or args.figures:
@@ -417,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantiles", default="0.1,0.5,0.9", help="cohort quantiles numeric fields are set to by default (comma-separated)")
     p.add_argument("--per-head", action="store_true", help="add one attention column per head")
     p.add_argument("--per-class", action="store_true", help="add one attention_class_<class> column per class (models with per-class maps: persam_paper)")
+    p.add_argument("--fold", type=int, default=None, help="explain every sample with this fold's model (default: a patient of the run by the model that did not train on it, a new patient by the mean of every fold model)")
     p.add_argument("--null-field", action="append", default=[], metavar="FIELD", help="a field the model should ignore, for the null test (besides negative controls and the ground truth's noise fields)")
     p.add_argument("--out", type=Path, required=True, help="attention table, .csv or .parquet")
     p.add_argument("--metrics", type=Path, help="write shift, null-test and ground-truth tables to this .json file")

@@ -39,7 +39,7 @@ def test_explain_uses_the_model_that_did_not_train_on_the_patient(tiny_run, tiny
     explanation = explain_run(tiny_run, tiny_cohort, tiny_features, [parse_alteration("site=nodal", tiny_cohort.schema)], progress=False)
     folds = tiny_run.folds
     preds = explanation.predictions
-    assert (preds["fold"].to_numpy() == folds.loc[preds["patient_id"]].to_numpy()).all()
+    assert (preds["fold"].to_numpy() == folds.loc[preds["patient_id"]].astype(str).to_numpy()).all()
     original = preds[preds["record"] == ORIGINAL].set_index("patient_id")
     held_out = tiny_run.predictions.set_index("patient_id")
     np.testing.assert_allclose(original.loc[held_out.index, "prob_A"], held_out["prob_A"], atol=1e-5)

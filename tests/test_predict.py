@@ -102,3 +102,24 @@ def test_by_patient_averages_a_patients_samples():
     patients = by_patient(Predictions(table, ["A", "B"]))
     assert list(patients["patient_id"]) == ["P1", "P2"] and patients.loc[0, "prob_A"] == pytest.approx(0.4) and patients.loc[0, "y_pred"] == "B"
     assert patients.loc[0, "fold_spread"] == pytest.approx(0.3)
+
+
+def test_explain_on_new_patients_uses_the_ensemble_never_fold_0_alone(tiny_run, tiny_features, cohort_copy, tmp_path):
+    """Patients the run never saw (renamed, unlabelled) are explained by the mean of the fold models."""
+    from persam_lib.explain.attention import ExplainConfig, explain_run
+
+    for name in ("clinical.csv", "slides.csv"):
+        path = cohort_copy / name
+        path.write_text(path.read_text().replace("P0", "N0"))  # new patient ids: not in the run's folds
+    manifest = _unlabel(cohort_copy)
+    cohort = load_manifest(manifest)
+    new = explain_run(tiny_run, cohort, tiny_features, progress=False)
+    assert set(new.predictions["fold"]) == {"0,1"}  # both fold models
+    one = {k: explain_run(tiny_run, cohort, tiny_features, config=ExplainConfig(fold=k), progress=False) for k in (0, 1)}
+    assert set(one[0].predictions["fold"]) == {"0"}
+    np.testing.assert_allclose(new.attention["attention"], (one[0].attention["attention"] + one[1].attention["attention"]) / 2, atol=1e-6)
+    assert not np.allclose(new.attention["attention"], one[0].attention["attention"])
+    sums = new.attention.groupby(["slide_id", "record"])["attention"].sum()
+    np.testing.assert_allclose(sums, 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="no finished fold 7"):
+        explain_run(tiny_run, cohort, tiny_features, config=ExplainConfig(fold=7), progress=False)

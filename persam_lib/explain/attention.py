@@ -1,7 +1,9 @@
 """Attention over patches under the true record and under altered records.
 
-Every slide (or 2-D image: its patch grid) is explained by the fold model that did not train on
-its patient. A slide's patch features (an image's pixels) are read once and all its records (original + alterations) run as one batch in which
+Every slide (or 2-D image: its patch grid) of a patient of the run is explained by the fold model
+that did not train on that patient; a patient the run never saw (a new cohort, labelled or not) by
+every fold model, their maps and probabilities averaged; ``ExplainConfig.fold`` picks one model for
+all. A slide's patch features (an image's pixels) are read once and all its records (original + alterations) run as one batch in which
 the bag is stored once and its image side computed once (`persam_lib.models.Batch`: one bag
 under K records).
 
@@ -38,6 +40,7 @@ class ExplainConfig:
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES  # numeric fields' targets for the default alterations
     per_head: bool = False  # add one attention_head_<h> column per head
     per_class: bool = False  # add one attention_class_<class> column per class (models with per-class maps: persam_paper)
+    fold: int | None = None  # explain every sample with this fold's model; None: a patient of the run by the model that did not train on it, a new patient by every fold model (mean maps and probabilities)
     device: str = "auto"  # "auto": CUDA when present
 
 
@@ -84,21 +87,48 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path | None, alter
     attention_parts, prediction_rows = [], []
     loaded: dict[int, LoadedModel] = {}
     rows = cohort.sample_rows()
+    finished = run.finished_folds
+    if config.fold is not None and config.fold not in finished:
+        raise ValueError(f"{run.path} has no finished fold {config.fold} (finished: {finished})")
     for row in tqdm(list(cohort.slides.itertuples()), desc="explain", disable=not progress):
-        fold = int(folds.get(row.patient_id, 0))  # a patient outside the run is explained by fold 0's model
-        if fold not in loaded:
-            loaded[fold] = run.model_for_fold(fold, device=device)
-        bag = load_sample(cohort, row.slide_id, features_dir, ImageInput.of(loaded[fold].config), rows)
+        use = models_for(row.patient_id, folds, finished, config.fold)
+        for k in use:
+            if k not in loaded:
+                loaded[k] = run.model_for_fold(k, device=device)
+        bag = load_sample(cohort, row.slide_id, features_dir, ImageInput.of(loaded[use[0]].config), rows)
         original = records.loc[row.patient_id]
         edits = alterations if alterations is not None else default_alterations(cohort.schema, original, numeric)
         labels = [ORIGINAL] + [a.label for a in edits]
         table = pd.DataFrame([original] + [a.apply(original) for a in edits])
-        out = records_output(loaded[fold], bag, table, device)
+        out, probs = mean_output([records_output(loaded[k], bag, table, device) for k in use])
         attention_parts.append(_attention_rows(row.slide_id, bag.coords, bag.patch_size, labels, out, config.per_head, run.classes if config.per_class else None))
-        probs = torch.softmax(out.logits.float(), -1).cpu().numpy()
+        fold = ",".join(map(str, use))  # the fold model(s) that explained it: "1", or "0,1,2,3,4" for a new patient
         for label, p in zip(labels, probs):
             prediction_rows.append({"slide_id": row.slide_id, "patient_id": row.patient_id, "fold": fold, "record": label, **{f"prob_{c}": float(v) for c, v in zip(run.classes, p)}, "y_pred": run.classes[int(p.argmax())]})
     return Explanation(pd.concat(attention_parts, ignore_index=True), pd.DataFrame(prediction_rows), run.config.model)
+
+
+def models_for(patient_id: str, folds: pd.Series, finished: list[int], fold: int | None) -> list[int]:
+    """The fold models that explain a patient: ``fold`` when given; a patient of the run, the one
+    model that did not train on it; a patient the run never saw, every finished fold model."""
+    if fold is not None:
+        return [fold]
+    if patient_id in folds.index:
+        return [int(folds[patient_id])]
+    if not finished:
+        raise ValueError("the run has no finished fold to explain with; finish the training first")
+    return list(finished)
+
+
+def mean_output(outputs: list[ModelOutput]) -> tuple[ModelOutput, np.ndarray]:
+    """The models' outputs averaged (maps stay normalised: a mean of maps that sum to 1) and the
+    mean of their class probabilities (K, C); one output is returned as it is."""
+    probs = np.mean([torch.softmax(o.logits.float(), -1).cpu().numpy() for o in outputs], axis=0)
+    if len(outputs) == 1:
+        return outputs[0], probs
+    mean = lambda name: None if getattr(outputs[0], name) is None else torch.stack([getattr(o, name).float() for o in outputs]).mean(0)  # noqa: E731
+    fields = ("patch_attention", "field_attention", "patch_attention_heads", "patch_attention_rollout", "class_patch_attention")
+    return ModelOutput(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), **{name: mean(name) for name in fields}), probs
 
 
 def _attention_rows(slide_id: str, coords: np.ndarray, size: int, labels: list[str], out: ModelOutput, per_head: bool, classes: list[str] | None = None) -> pd.DataFrame:
