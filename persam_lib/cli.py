@@ -189,6 +189,48 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from persam_lib.book.privacy import Pseudonyms
+    from persam_lib.cohort.manifest import load_manifest
+    from persam_lib.explain.attention import ExplainConfig, explain_run
+    from persam_lib.explain.export import record_file_name, write_geojson, write_overlay
+    from persam_lib.io.paths import check_writable_folder, inside
+    from persam_lib.slides.factory import open_slide
+    from persam_lib.train.run import Run
+
+    run, cohort = Run(args.run), load_manifest(args.manifest)
+    if cohort.modality != "slides":
+        raise ValueError(f"{args.manifest}: export writes slide overlays (GeoJSON tiles, TIFF at the slide's level 0); this is a cohort of {cohort.modality}")
+    chosen = [s.strip() for s in args.slides.split(",") if s.strip()] if args.slides else list(cohort.slides["slide_id"])
+    unknown = [s for s in chosen if s not in set(cohort.slides["slide_id"])]
+    if unknown:
+        raise ValueError(f"--slides names slide(s) not in {args.manifest}: {', '.join(unknown)}")
+    check_writable_folder(args.out)
+    subset = replace(cohort, slides=cohort.slides[cohort.slides["slide_id"].isin(chosen)].reset_index(drop=True))
+    features = args.features if args.features is not None else run.inputs.get("features_dir")
+    explanation = explain_run(run, subset, features, config=ExplainConfig(fold=args.fold))
+    names = Pseudonyms.for_cohort(cohort) if args.pseudonyms else None
+    paths = subset.slides.set_index("slide_id")["path"]
+    written = 0
+    for slide_id in chosen:
+        name = names.slide(slide_id) if names else slide_id
+        if args.format == "geojson":
+            write_geojson(explanation.attention, slide_id, name, args.out)
+            written += 1
+            continue
+        with open_slide(paths[slide_id]) as slide:
+            level0, mpp = slide.level_dimensions[0], slide.mpp
+        for record in explanation.attention.loc[explanation.attention["slide_id"] == slide_id, "record"].unique():
+            target = inside(args.out, name, f"{record_file_name(record)}.tiff")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_overlay(explanation.attention, slide_id, record, level0, mpp, target)
+            written += 1
+    print(f"export: {written} {args.format} file(s) for {len(chosen)} slide(s) -> {args.out}")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from persam_lib.cohort.manifest import load_manifest
     from persam_lib.cohort.truth import load_truth
@@ -407,6 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="a finished run directory")
     p.add_argument("--dry-run", action="store_true", help="measure only; store no temperature")
     p.set_defaults(func=_calibrate)
+
+    p = sub.add_parser("export", help="attention for review in QuPath/OpenSlide: GeoJSON tiles with each record's attention, or pyramidal TIFF overlays")
+    p.add_argument("run", type=Path, help="a finished run directory")
+    p.add_argument("--manifest", type=Path, required=True, help="the cohort whose slides are exported (a new cohort works too: its patients are explained by the fold ensemble)")
+    p.add_argument("--features", type=Path, default=None, help="its features (default: the run's features folder)")
+    p.add_argument("--slides", default="", help="comma-separated slide ids (default: every slide)")
+    p.add_argument("--format", choices=("geojson", "tiff"), default="geojson", help="geojson: one FeatureCollection per slide (tiles in level-0 pixels, one measurement per record); tiff: one pyramidal overlay per slide and record, at the slide's level-0 size and mpp")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--fold", type=int, default=None, help="explain with this fold's model (default: as persam explain)")
+    p.add_argument("--pseudonyms", action="store_true", help="name the files by pseudonym (S0001...) instead of slide id, for sharing")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("explain", help="patch attention under the original and altered records, shift and ground-truth metrics, figures")
     p.add_argument("run_dir", type=Path, help="a run directory written by `persam train`")
