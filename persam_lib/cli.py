@@ -123,6 +123,11 @@ def _train(args: argparse.Namespace) -> int:
     config = with_recipe(config, given)
     with distributed_session() as distributed:
         run = train_cross_validated(cohort, args.features, args.out, config, distributed=distributed)
+        if args.final and distributed.is_main:
+            from persam_lib.train.final import train_final
+
+            final = train_final(run, cohort, args.features)
+            print(f"train {config.model}: final model on every patient -> {final}")
         if distributed.is_main:
             overall = run.metrics["overall"]
             print(
@@ -161,12 +166,12 @@ def _predict(args: argparse.Namespace) -> int:
     run, cohort = Run(args.run), load_manifest(args.manifest)
     features = args.features if args.features is not None else (run.inputs.get("features_dir") if cohort.modality == "slides" else None)
     temperature = 1.0 if args.no_calibration else (stored_temperature(run) or 1.0)
-    predictions = predict_cohort(run, cohort, features, fold=args.fold, device=args.device, temperature=temperature)
+    predictions = predict_cohort(run, cohort, features, fold=args.fold, final=args.model == "final", device=args.device, temperature=temperature)
     for note in predictions.notes:
         print(f"predict: note: {note}", file=sys.stderr)
     table = by_patient(predictions)
     write_text_atomic(args.out, table.to_csv(index=False))
-    how = f"fold {args.fold}" if args.fold is not None else f"the mean of {len(run.finished_folds)} fold models"
+    how = f"fold {args.fold}" if args.fold is not None else "the final model (every patient)" if args.model == "final" else f"the mean of {len(run.finished_folds)} fold models"
     print(f"predict: {len(table)} patient(s) of {cohort.name} scored by {how}" + (f", temperature {temperature:.3f} (calibration.json)" if temperature != 1.0 else "") + f" -> {args.out}")
     metrics = score(predictions, cohort)
     if metrics is not None:
@@ -421,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", type=Path, help="the cohort's manifest.yaml")
     p.add_argument("--features", type=Path, help="features directory (slide cohorts; image cohorts are read from their files)")
     p.add_argument("--model", default="persam", help=f"a registered model: {', '.join(available_models('features'))} (slides); {', '.join(available_models('image'))} (images)")
+    p.add_argument("--final", action="store_true", help="after cross-validation, fit one more model on every patient for the folds' median best epoch (final/ in the run; persam predict --model final)")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     _add_training_options(p)
     p.set_defaults(func=_train)
@@ -440,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=Path, default=None, help="the new cohort's features (default: the run's features folder); made with the run's extraction settings")
     p.add_argument("--out", type=Path, required=True, help="predictions table (.csv): one row per patient, each class's probability, the predicted class, the spread across folds")
     p.add_argument("--fold", type=int, default=None, help="score with this fold's model alone (default: the mean of all fold models)")
+    p.add_argument("--model", choices=("folds", "final"), default="folds", help="folds: the fold models (as an ensemble, or --fold); final: the model persam train --final fitted on every patient")
     p.add_argument("--metrics", type=Path, default=None, help="with labels: write the metrics (balanced accuracy, AUROC, F1, confusion; 95%% CIs) to this .json")
     p.add_argument("--no-calibration", action="store_true", help="ignore the temperature persam calibrate stored in the run")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")

@@ -123,3 +123,29 @@ def test_explain_on_new_patients_uses_the_ensemble_never_fold_0_alone(tiny_run, 
     np.testing.assert_allclose(sums, 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="no finished fold 7"):
         explain_run(tiny_run, cohort, tiny_features, config=ExplainConfig(fold=7), progress=False)
+
+
+def test_a_final_model_on_every_patient_for_the_median_best_epoch(tiny_cohort, tiny_features, tmp_path, capsys):
+    from persam_lib.train.final import best_epochs
+
+    out = tmp_path / "run"
+    args = ["--folds", "2", "--epochs", "3", "--set", "d_model=8", "--set", "n_heads=2", "--set", "n_layers=1", "--set", "val_fraction=0.25", "--set", "patience=3"]
+    assert main(["train", str(tiny_cohort.manifest_path), "--features", str(tiny_features), "--out", str(out), "--final", *args]) == 0
+    run = Run(out)
+    record = json.loads((out / "final" / "final.json").read_text())
+    assert record["patients"] == 8 and record["epochs"] == int(np.median(best_epochs(run))) and len(pd.read_csv(out / "final" / "history.csv")) == record["epochs"]
+    assert run.has_final and run.final_model().config.d_model == 8
+    final = predict_cohort(run, tiny_cohort, tiny_features, final=True)
+    assert set(final.table["folds"]) == {"final"} and (final.table["fold_spread"] == 0).all()
+    assert main(["predict", str(out), "--manifest", str(tiny_cohort.manifest_path), "--features", str(tiny_features), "--model", "final", "--out", str(tmp_path / "p.csv")]) == 0
+    assert "the final model (every patient)" in capsys.readouterr().out
+    assert not Run(tiny_cohort_run_without_final(tmp_path, out)).has_final
+
+
+def tiny_cohort_run_without_final(tmp_path, out):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "final" / "final.json").unlink()  # an interrupted final fit is not a final model
+    return copy

@@ -92,9 +92,10 @@ def check_features(run: Run, cohort: Cohort, features_dir: str | Path) -> None:
                                    "extract them again with the run's settings")
 
 
-def predict_cohort(run: Run, cohort: Cohort, features_dir: str | Path | None, *, fold: int | None = None, device: str = "auto", temperature: float = 1.0) -> Predictions:
-    """Every sample of ``cohort`` scored by the fold models' mean probability (or by ``fold``),
-    their logits divided by ``temperature`` (1: as trained; see `persam_lib.predict.calibration`)."""
+def predict_cohort(run: Run, cohort: Cohort, features_dir: str | Path | None, *, fold: int | None = None, final: bool = False, device: str = "auto", temperature: float = 1.0) -> Predictions:
+    """Every sample of ``cohort`` scored by the fold models' mean probability (or by ``fold``, or
+    with ``final`` by the model fitted on every patient, `persam_lib.train.final`), their logits
+    divided by ``temperature`` (1: as trained; see `persam_lib.predict.calibration`)."""
     if run.inputs.get("modality", "slides") != cohort.modality:
         raise PredictionInputError(f"{run.path} was trained on {run.inputs.get('modality', 'slides')} but {cohort.manifest_path} is a cohort of {cohort.modality}")
     notes = check_schema(run, cohort)
@@ -110,7 +111,9 @@ def predict_cohort(run: Run, cohort: Cohort, features_dir: str | Path | None, *,
             raise PredictionInputError(f"{cohort.manifest_path}: a slide cohort is read as patch features; give their folder with --features")
         check_features(run, cohort, features_dir)
     target = Distributed().device(device)
-    models = {k: run.model_for_fold(k, device=target) for k in folds}
+    if final and fold is not None:
+        raise PredictionInputError("give --fold or --model final, not both")
+    models = {"final": run.final_model(device=target)} if final else {k: run.model_for_fold(k, device=target) for k in folds}
     records, rows, out = cohort.records(), cohort.sample_rows(), []
     for slide in cohort.slides.itertuples():
         probs = []

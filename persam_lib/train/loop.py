@@ -197,7 +197,10 @@ def evaluate(
 
 
 def _validation(model: nn.Module, val: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser, device: torch.device, distributed: Distributed, config: TrainConfig | None = None) -> tuple[float, float]:
-    """Validation loss (mean NLL) and accuracy; under torchrun each rank scores its share and the sums are combined."""
+    """Validation loss (mean NLL) and accuracy; under torchrun each rank scores its share and the sums
+    are combined. No validation bags (a final model on every patient): NaN, NaN."""
+    if not val:
+        return float("nan"), float("nan")
     mine = distributed.share(val)
     nll = correct = 0.0
     if mine:
@@ -257,7 +260,8 @@ def fit(
     resume_path: str | Path | None = None,
     distributed: Distributed = Distributed(),
 ) -> tuple[nn.Module, pd.DataFrame]:
-    """Train ``model`` on ``train``; keep the weights with the lowest validation loss.
+    """Train ``model`` on ``train``; keep the weights with the lowest validation loss (without
+    ``val`` bags: the last epoch's, after ``config.epochs``).
 
     With ``resume_path`` the loop state is saved there after every epoch and, if the file exists,
     training continues from it (delete it to start over). Returns the best model (unwrapped, in
@@ -315,7 +319,9 @@ def fit(
         val_loss, val_accuracy = _validation(model, val, records, encoder, normaliser, device, distributed, config)
         state.epoch += 1
         state.history.append({"epoch": state.epoch, "train_loss": distributed.sum([loss_sum], device)[0] / (distributed.world_size * steps), "val_loss": val_loss, "val_accuracy": val_accuracy})
-        if val_loss < state.best_loss - 1e-4:
+        if not val:  # nothing to select on: the last epoch's weights (a final model trains for a fixed number of epochs)
+            state.best_state = copy.deepcopy(model.state_dict())
+        elif val_loss < state.best_loss - 1e-4:
             state.best_loss, state.best_state, state.stale = val_loss, copy.deepcopy(model.state_dict()), 0
         else:
             state.stale += 1

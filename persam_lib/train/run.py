@@ -97,6 +97,17 @@ class Run:
     def model_for_fold(self, fold: int, device: str | torch.device = "cpu") -> LoadedModel:
         return load_checkpoint(self.path / f"fold_{fold}" / "checkpoint.pt", device=device)
 
+    @property
+    def has_final(self) -> bool:
+        """Whether ``persam train --final`` finished a model on every patient (``final/final.json``)."""
+        return (self.path / "final" / "final.json").is_file()
+
+    def final_model(self, device: str | torch.device = "cpu") -> LoadedModel:
+        """The model fitted on every patient (`persam_lib.train.final`)."""
+        if not self.has_final:
+            raise FileNotFoundError(f"{self.path}: no final model; train one with the same persam train command and --final")
+        return load_checkpoint(self.path / "final" / "checkpoint.pt", device=device)
+
 
 def _null_to_nan(value):
     """JSON ``null`` back to NaN, in nested dicts and lists (metrics.json writes NaN as null)."""
