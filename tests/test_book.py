@@ -75,7 +75,7 @@ def test_every_chapter_records_its_results_and_provenance(built_book):
     project, report = built_book
     for name in report.executed:
         record = read_sidecar(project / "book" / "executed" / f"{name}.results.json")
-        assert record.error is None and record.provenance["parameters"]["work_dir"] == str((project / "_work").resolve()), name
+        assert record.error is None and record.provenance["parameters"]["work_dir"] == "_work", name  # relative to the project: no machine path on a page
         assert record.provenance["git_commit"] and "torch" in record.provenance["packages"], name
         if name != "reproducibility":
             assert record.results, name

@@ -18,7 +18,7 @@ def test_fields_are_set_by_name_with_their_types():
 
 
 def test_unknown_names_and_bad_values_say_what_is_expected():
-    listing = r"Options are: model, n_folds, .*label_smoothing, .*device; model settings \(ModelSettings\): d_model, .*grid_cell, ehr_stages, norm\."
+    listing = r"Options are: model, n_folds, .*label_smoothing, .*device; model settings \(ModelSettings\): d_model, .*grid_cell, ehr_stages, norm, class_token_reads, record_tokens\."
     with pytest.raises(ValueError, match=f"unknown TrainConfig option 'lrr'. {listing}"):
         with_overrides(TrainConfig(), {"lrr": "1"})
     with pytest.raises(ValueError, match="unknown TrainConfig option 'model_settings'"):  # the part is reached through its fields' names

@@ -92,6 +92,8 @@ def reproduce(notebook: str | Path, *, work_dir: str | Path | None = None, out_d
     if work_dir is not None:
         parameters["work_dir"] = str(Path(work_dir).resolve())
     base = Path(parameters.get("work_dir", "."))
+    if not base.is_absolute():  # the book records paths relative to the project root, where its notebooks ran
+        base = Path(cwd).resolve() / base
     target = Path(out_dir) if out_dir else base / "reproduce" / notebook.stem
     if target.exists():
         shutil.rmtree(target)

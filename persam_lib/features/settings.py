@@ -89,7 +89,9 @@ def encoder_weights_digest(config: "ExtractConfig") -> str:
     if config.encoder_weights:
         return weights_digest(config.encoder_weights)
     if config.encoder.startswith("hf:"):
-        return folder_digest(config.encoder[3:])
+        from persam_lib.features.hf_encoder import parse_hf_name
+
+        return folder_digest(parse_hf_name(config.encoder)[0])  # without its @read-out
     return "none"
 
 
