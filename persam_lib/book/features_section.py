@@ -68,18 +68,23 @@ def tissue_and_patches(chapter: Chapter, features: ChapterFeatures, n: int = 2) 
     do, imported ones do not) and the kept patches as white squares."""
     shown = list(features.bags)[:n]
     fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(6 * max(len(shown), 1), 4.5), constrained_layout=True, squeeze=False)
-    paths = chapter.cohort.slides.set_index("slide_id")["path"]
-    folder = chapter.ws.features_dir if chapter.ws.features_given else chapter.ws.out.features_dir
     for ax, slide_id in zip(axes[0], shown):
-        with open_slide(paths[slide_id]) as slide:
-            thumb, ds = slide.thumbnail(16)
-        tissue = load_tissue_mask(folder, slide_id)[0] if mask_path(folder, slide_id).is_file() else None
-        bag = features.bags[slide_id]
-        slide_overview(thumb, tissue, None, ax=ax, title=f"{chapter.names.slide(slide_id)}: {len(bag.coords)} patches")
-        size = bag.patch_size_level0 / ds
-        for x, y in bag.coords / ds:
-            ax.add_patch(plt.Rectangle((x, y), size, size, fill=False, ec="white", lw=0.4))
+        draw_cohort_slide(ax, chapter, features, slide_id, f"{chapter.names.slide(slide_id)}: {len(features.bags[slide_id].coords)} patches")
     return fig
+
+
+def draw_cohort_slide(ax, chapter: Chapter, features: ChapterFeatures, slide_id: str, title: str) -> None:
+    """One cohort slide on ``ax``: thumbnail, tissue mask (where the features folder holds one) and
+    its kept patches as white squares."""
+    folder = chapter.ws.features_dir if chapter.ws.features_given else chapter.ws.out.features_dir
+    with open_slide(chapter.cohort.slides.set_index("slide_id")["path"][slide_id]) as slide:
+        thumb, ds = slide.thumbnail(16)
+    tissue = load_tissue_mask(folder, slide_id)[0] if mask_path(folder, slide_id).is_file() else None
+    bag = features.bags[slide_id]
+    slide_overview(thumb, tissue, None, ax=ax, title=title)
+    size = bag.patch_size_level0 / ds
+    for x, y in bag.coords / ds:
+        ax.add_patch(plt.Rectangle((x, y), size, size, fill=False, ec="white", lw=0.4))
 
 
 def real_slide_figure(chapter: Chapter, features: ChapterFeatures, config: ExtractConfig = ExtractConfig()) -> Figure | Markdown:
@@ -106,14 +111,7 @@ def real_slide_figure(chapter: Chapter, features: ChapterFeatures, config: Extra
         axes[0][0].add_patch(plt.Rectangle((x, y), size, size, fill=False, ec="black", lw=0.5))
     if features.bags:
         slide_id = next(iter(features.bags))
-        with open_slide(chapter.cohort.slides.set_index("slide_id")["path"][slide_id]) as slide:
-            demo_thumb, demo_ds = slide.thumbnail(16)
-        folder = chapter.ws.features_dir if chapter.ws.features_given else chapter.ws.out.features_dir
-        tissue = load_tissue_mask(folder, slide_id)[0] if mask_path(folder, slide_id).is_file() else None
-        bag = features.bags[slide_id]
-        slide_overview(demo_thumb, tissue, None, ax=axes[0][1], title=f"{chapter.names.slide(slide_id)} of this cohort: {len(bag.coords)} patches")
-        for x, y in bag.coords / demo_ds:
-            axes[0][1].add_patch(plt.Rectangle((x, y), bag.patch_size_level0 / demo_ds, bag.patch_size_level0 / demo_ds, fill=False, ec="white", lw=0.4))
+        draw_cohort_slide(axes[0][1], chapter, features, slide_id, f"{chapter.names.slide(slide_id)} of this cohort: {len(features.bags[slide_id].coords)} patches")
     else:
         axes[0][1].axis("off")
     plt.close(fig)

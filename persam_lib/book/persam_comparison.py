@@ -19,6 +19,7 @@ from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 from persam_lib.book.chapter import Chapter
+from persam_lib.book.sections import own_truth_row
 from persam_lib.explain.attention import ExplainConfig, Explanation, explain_run
 from persam_lib.explain.records import ORIGINAL
 from persam_lib.explain.report import ExplanationReport, example_slides, explanation_report, null_fields_of, sample_background, slide_maps
@@ -77,7 +78,7 @@ def explained_row(name: str, run: Run, chapter: Chapter, features_dir: str | Pat
     overall = run.metrics["overall"]
     row = {"model": name, **{k: overall[k] for k in overall if k.startswith(("balanced_accuracy", "auroc"))}}
     if report.truth is not None:
-        own = report.truth[~report.truth["attention"].isin(["uniform", "random"]) & (report.truth["record"] == "original record")].iloc[0]  # the last-layer map first
+        own = own_truth_row(report)
         for measure, column in (("mass_diagnostic", "mass_diagnostic"), ("attention_auroc", "auroc"), ("selectivity", "selectivity")):
             row |= {measure: own[column], f"{measure}_low": own[f"{column}_low"], f"{measure}_high": own[f"{column}_high"]}
     if report.moved:

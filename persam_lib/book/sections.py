@@ -189,6 +189,13 @@ def truth_section(reports: dict[str, ExplanationReport], truth: GroundTruth | No
     return shown
 
 
+def own_truth_row(report: ExplanationReport) -> pd.Series:
+    """The report's ground-truth row for the model's own last-layer map under the original record
+    (not the uniform or random baselines; the last-layer map comes first)."""
+    truth = report.truth
+    return truth[~truth["attention"].isin(["uniform", "random"]) & (truth["record"] == "original record")].iloc[0]
+
+
 def explanation_results(reports: dict[str, ExplanationReport], *, moved_name: str = "moved_to_new_region", auroc: bool = True) -> dict[str, float]:
     """The numbers an explanation chapter publishes, per model: ``<model>_jsd_<field>`` (last
     layer), ``<model>_<moved_name>``, ``<model>_mass_diagnostic`` and (with ``auroc``)
@@ -200,7 +207,7 @@ def explanation_results(reports: dict[str, ExplanationReport], *, moved_name: st
         if r.moved:
             results[f"{m}_{moved_name}"] = r.moved["moved"]
         if r.truth is not None:
-            own = r.truth[~r.truth["attention"].isin(["uniform", "random"]) & (r.truth["record"] == "original record")].iloc[0]  # the last-layer map comes first
+            own = own_truth_row(r)
             results[f"{m}_mass_diagnostic"] = float(own["mass_diagnostic"])
             if auroc:
                 results[f"{m}_auroc_diagnostic"] = float(own["auroc"])

@@ -116,10 +116,8 @@ def predict_cohort(run: Run, cohort: Cohort, features_dir: str | Path | None, *,
     models = {"final": run.final_model(device=target)} if final else {k: run.model_for_fold(k, device=target) for k in folds}
     records, rows, out = cohort.records(), cohort.sample_rows(), []
     for slide in cohort.slides.itertuples():
-        probs = []
-        for k, loaded in models.items():
-            bag = load_sample(cohort, slide.slide_id, features_dir, ImageInput.of(loaded.config), rows)
-            probs.append(_probabilities(loaded, bag, records.loc[[slide.patient_id]], target, temperature))
+        bag = load_sample(cohort, slide.slide_id, features_dir, ImageInput.of(next(iter(models.values())).config), rows)  # read once: the fold models share its input settings
+        probs = [_probabilities(loaded, bag, records.loc[[slide.patient_id]], target, temperature) for loaded in models.values()]
         p = np.stack(probs)  # (folds, C)
         mean = p.mean(0)
         best = int(mean.argmax())
