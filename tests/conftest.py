@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,15 @@ from persam_lib.train.loop import TrainConfig
 from persam_lib.train.run import train_cross_validated
 
 TINY = DemoConfig(patients=8, seed=3, width=1536, height=1152, region_radius=230)
+
+
+@pytest.fixture(autouse=True)
+def _restore_warning_format():
+    """`setup_chapter` sets the kernel's warning format, as a chapter should; a test must not leave
+    it set for the tests after it."""
+    before = warnings.formatwarning
+    yield
+    warnings.formatwarning = before
 
 
 @pytest.fixture(scope="session")

@@ -156,3 +156,38 @@ def test_without_truth_the_figures_show_the_field_that_moves_attention_most(rena
     plt.close("all")
     assert any(t.startswith("origin=") for t in panels) and not any(t.startswith("age=") for t in panels)
     assert np.isfinite(report.shift["jsd"]).all()
+
+
+def test_a_library_warning_in_a_chapter_shows_no_machine_path(tmp_path, monkeypatch):
+    """The example book once failed its privacy scan: scikit-learn's warning printed the virtual
+    environment's absolute path into the training page. A chapter's warnings name files from
+    their package (or the working folder) down."""
+    import warnings
+
+    from persam_lib.book.chapter import published_location
+
+    setup_chapter(tmp_path, with_cohort=False)
+    library = str(tmp_path / ".venv" / "lib" / "python3.11" / "site-packages" / "sklearn" / "metrics" / "_classification.py")
+    text = warnings.formatwarning("y_pred contains classes not in y_true", UserWarning, library, 2939)
+    assert text == "sklearn/metrics/_classification.py:2939: UserWarning: y_pred contains classes not in y_true\n"
+    monkeypatch.chdir(tmp_path)
+    assert published_location(str(tmp_path / "persam_lib" / "x.py")) == "persam_lib/x.py"
+    assert published_location("/elsewhere/on/the/machine/tool.py") == "tool.py"
+
+
+def test_balanced_accuracy_is_mean_recall_over_the_classes_present_without_a_warning():
+    """A small fold predicts a class its truth lacks: the score is still the mean recall over the
+    classes in the truth (scikit-learn's value), and nothing is warned."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from persam_lib.train.metrics import balanced_accuracy
+
+    y_true, y_pred = np.array([0, 0, 1, 1, 1]), np.array([0, 2, 1, 1, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = balanced_accuracy(y_true, y_pred)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ours == pytest.approx(balanced_accuracy_score(y_true, y_pred)) == pytest.approx((0.5 + 2 / 3) / 2)

@@ -229,9 +229,12 @@ def privacy_scan(html_dir: str | Path, manifests: Path | list[Path]) -> list[str
 
 
 def machine_paths(root: Path, work_dir: str | Path, overrides: dict[str, Any] | None = None) -> list[Path]:
-    """The absolute folders a published page must never show: the project, the work folder and the
-    folders of the cohort's inputs (manifest, features)."""
-    found = [root, Path(work_dir).resolve()]
+    """The absolute folders a published page must never show: the project, the work folder, the
+    folders of the cohort's inputs (manifest, features), the Python environment when it is a
+    virtual environment (a library's warning prints its file's path) and the user's home."""
+    found = [root, Path(work_dir).resolve(), Path.home()]
+    if sys.prefix != sys.base_prefix:
+        found.append(Path(sys.prefix).resolve())
     for name in ("manifest", "image_manifest", "features_dir"):
         value = (overrides or {}).get(name)
         if value:

@@ -25,6 +25,27 @@ QUIET_WARNINGS = (FutureWarning,)  # library deprecation notes: not for the book
 QUIET_MESSAGES = ("IProgress not found",)  # tqdm in a kernel without ipywidgets
 
 
+def published_location(filename: str) -> str:
+    """Where a warning came from, as a published page may show it: a library's file from its
+    package down (``sklearn/metrics/_classification.py``), a file under the working folder
+    relative to it, anything else by its name alone; never the machine's absolute path."""
+    path = Path(filename)
+    parts = path.parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts:
+            return "/".join(parts[parts.index(marker) + 1:])
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except (ValueError, OSError):
+        return path.name
+
+
+def format_warning_for_book(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """`warnings.formatwarning` for a chapter: the usual one-line form, located by
+    `published_location`, so a library's warning cannot put a machine path on a page."""
+    return f"{published_location(filename)}:{lineno}: {category.__name__}: {message}\n"
+
+
 @dataclass(frozen=True)
 class Chapter:
     """What a chapter works with: where it reads and writes, and (for chapters about a cohort) the
@@ -57,8 +78,9 @@ def setup_chapter(
 ) -> Chapter:
     """Set a chapter up from its ``work_dir``, ``output_dir`` and ``manifest`` parameters.
 
-    Applies the book's look (seaborn theme, 3 significant digits in tables) and hides warnings
-    meant for developers (`QUIET_WARNINGS`, and ``quiet``). With ``with_cohort`` it loads the cohort
+    Applies the book's look (seaborn theme, 3 significant digits in tables), hides warnings
+    meant for developers (`QUIET_WARNINGS`, and ``quiet``) and prints the others without a machine
+    path (`format_warning_for_book`). With ``with_cohort`` it loads the cohort
     of ``manifest``; when that is "" the demo cohort's: ``make_demo(workspace)`` makes it and
     returns its manifest (the chapters that generate a demo cohort), or else it is read from the
     work dir. ``features_dir`` names feature files the user brought (otherwise the work dir's).
@@ -68,6 +90,7 @@ def setup_chapter(
         warnings.filterwarnings("ignore", category=category)
     for message in QUIET_MESSAGES:
         warnings.filterwarnings("ignore", message=message)
+    warnings.formatwarning = format_warning_for_book
     use_book_style()
     pd.set_option("display.float_format", lambda v: f"{v:.3g}")
     ws = Workspace.of(work_dir, output_dir, features_dir)
