@@ -42,7 +42,7 @@ test: $(STAMP) $(BROWSER) $(SAMPLES)
 # browser check with a screenshot in _build/screenshots/), then a reviewer's re-execution of one chapter.
 ci-book: $(STAMP) $(BROWSER) $(SAMPLES) example
 	$(BIN)/persam book --manifest data_manifests/example/manifest.yaml --features data_manifests/example/features --work _work/ci-example --strict --set epochs=3 --set folds=2 --set slides=4 --set workers=1 --set sweep_file=book/sweeps/ci.yaml
-	$(BIN)/persam book --work _work/ci --patients 12 --strict --set epochs=3 --set folds=2 --set slides=4 --set workers=1 --set sweep_file=book/sweeps/ci.yaml
+	$(BIN)/persam book --work _work/ci --patients 12 --strict --set epochs=3 --set folds=2 --set slides=4 --set workers=1 --set sweep_file=book/sweeps/ci.yaml --set new_patients=8
 	$(BIN)/persam reproduce book/executed/training.ipynb --work _work/ci
 
 # The example of your own cohort (data_manifests/example): its slides and TRIDENT features, imported

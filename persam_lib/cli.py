@@ -195,44 +195,16 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from persam_lib.book.privacy import Pseudonyms
     from persam_lib.cohort.manifest import load_manifest
-    from persam_lib.explain.attention import ExplainConfig, explain_run
-    from persam_lib.explain.export import record_file_name, write_geojson, write_overlay
-    from persam_lib.io.paths import check_writable_folder, inside
-    from persam_lib.slides.factory import open_slide
+    from persam_lib.explain.export import export_slides
     from persam_lib.train.run import Run
 
     run, cohort = Run(args.run), load_manifest(args.manifest)
-    if cohort.modality != "slides":
-        raise ValueError(f"{args.manifest}: export writes slide overlays (GeoJSON tiles, TIFF at the slide's level 0); this is a cohort of {cohort.modality}")
-    chosen = [s.strip() for s in args.slides.split(",") if s.strip()] if args.slides else list(cohort.slides["slide_id"])
-    unknown = [s for s in chosen if s not in set(cohort.slides["slide_id"])]
-    if unknown:
-        raise ValueError(f"--slides names slide(s) not in {args.manifest}: {', '.join(unknown)}")
-    check_writable_folder(args.out)
-    subset = replace(cohort, slides=cohort.slides[cohort.slides["slide_id"].isin(chosen)].reset_index(drop=True))
+    chosen = [s.strip() for s in args.slides.split(",") if s.strip()] if args.slides else None
     features = args.features if args.features is not None else run.inputs.get("features_dir")
-    explanation = explain_run(run, subset, features, config=ExplainConfig(fold=args.fold))
-    names = Pseudonyms.for_cohort(cohort) if args.pseudonyms else None
-    paths = subset.slides.set_index("slide_id")["path"]
-    written = 0
-    for slide_id in chosen:
-        name = names.slide(slide_id) if names else slide_id
-        if args.format == "geojson":
-            write_geojson(explanation.attention, slide_id, name, args.out)
-            written += 1
-            continue
-        with open_slide(paths[slide_id]) as slide:
-            level0, mpp = slide.level_dimensions[0], slide.mpp
-        for record in explanation.attention.loc[explanation.attention["slide_id"] == slide_id, "record"].unique():
-            target = inside(args.out, name, f"{record_file_name(record)}.tiff")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_overlay(explanation.attention, slide_id, record, level0, mpp, target)
-            written += 1
-    print(f"export: {written} {args.format} file(s) for {len(chosen)} slide(s) -> {args.out}")
+    written = export_slides(run, cohort, features, chosen, args.format, args.out, fold=args.fold, pseudonyms=args.pseudonyms)
+    slides = len(chosen) if chosen else len(cohort.slides)
+    print(f"export: {len(written)} {args.format} file(s) for {slides} slide(s) -> {args.out}")
     return 0
 
 

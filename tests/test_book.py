@@ -20,7 +20,7 @@ def built_book(tmp_path_factory):
     shutil.copytree(ROOT / "notebooks", project / "notebooks")
     tiny_sweep = project / "book" / "sweeps" / "tiny.yaml"
     tiny_sweep.write_text("name: tiny\nnotebooks:\n  - notebook: training\n    grid: {seed: [0, 1]}\n    parameters: {models: [abmil], epochs: 2, folds: 2, workers: 1}\n")
-    overrides = {"patients": 8, "epochs": 3, "folds": 2, "examples": 1, "slides": 4, "workers": 1, "sweep_file": str(tiny_sweep), "ablation": False}  # the ablation has its own tests
+    overrides = {"patients": 8, "epochs": 3, "folds": 2, "examples": 1, "slides": 4, "workers": 1, "sweep_file": str(tiny_sweep), "ablation": False, "new_patients": 6}  # the ablation has its own tests
     report = execute_notebooks(project, project / "_work", overrides)
     report.build_returncode = build_html(project, strict=True)
     return project, report
@@ -40,7 +40,7 @@ def test_every_chapter_executes_and_the_book_builds_without_warnings(built_book)
 def test_executed_notebooks_carry_results_and_figures(built_book):
     project, _ = built_book
     images = 0
-    for name in ("cohort", "features", "training", "attention", "attributions", "sweeps", "reproducibility"):
+    for name in ("cohort", "features", "training", "attention", "attributions", "new_patients", "sweeps", "reproducibility"):
         nb = nbformat.read(project / "book" / "executed" / f"{name}.ipynb", as_version=4)
         for cell in nb.cells:
             for out in cell.get("outputs", []):
@@ -98,11 +98,11 @@ def test_the_built_book_leaks_no_identifying_value(built_book):
         assert privacy_scan(project / "_build" / "html", manifest) == [f"{leaked}: identifying field 'mrn' {mrn!r}"]
     finally:
         leaked.unlink()
-    # the radiograph chapter's cohort is scanned too
+    # the radiograph chapter's cohort and the new patients chapter's are scanned too
     from persam_lib.book.build import book_cohort_manifests
 
     manifests = book_cohort_manifests(project / "_work")
-    assert manifests == [manifest, project / "_work" / "radiographs" / "manifest.yaml"]
+    assert manifests == [manifest, project / "_work" / "radiographs" / "manifest.yaml", project / "_work" / "new_patients" / "cohort" / "manifest.yaml"]
     assert privacy_scan(project / "_build" / "html", manifests) == []
     radiograph_mrn = (project / "_work" / "radiographs" / "clinical.csv").read_text().splitlines()[1].split(",")[1]
     leaked.write_text(f"<p>{radiograph_mrn}</p>")
@@ -122,6 +122,9 @@ def test_the_built_book_opens_in_a_browser(built_book, tmp_path):
     pages = {p.page for p in result.pages}
     assert {f"book/executed/{name}.html" for name in report.executed} <= pages and "book/api.html" in pages
     assert sum(p.images for p in result.pages) >= 8 and (tmp_path / "index.png").stat().st_size > 10_000
+    new_patients = next(p for p in result.pages if p.page == "book/executed/new_patients.html")
+    assert new_patients.controls >= 2 and len(new_patients.figure_shots) == 1  # the what-if figure: every button clicked (one example slide)
+    assert result.line().count("control(s) clicked") == 1
 
 
 def test_reproduce_a_chapter_of_the_built_book(built_book):

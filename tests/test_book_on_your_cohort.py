@@ -78,6 +78,8 @@ def test_the_image_chapter_leaves_a_book_on_your_cohort_without_images(tmp_path)
     assert specs["radiographs"].left_out_because({"manifest": "m.yaml"})
     assert not specs["radiographs"].left_out_because({"manifest": "m.yaml", "image_manifest": "i.yaml"})
     assert not specs["radiographs"].left_out_because({})  # the demo book has its radiographs
+    assert "--set new_manifest=" in specs["new_patients"].left_out_because({"manifest": "m.yaml"})  # the demo's new patients are not yours
+    assert not specs["new_patients"].left_out_because({"manifest": "m.yaml", "new_manifest": "n.yaml"}) and not specs["new_patients"].left_out_because({})
     (tmp_path / "_toc.yml").write_text((ROOT / "_toc.yml").read_text())
     toc = yaml.safe_load(toc_without(tmp_path, ("radiographs",)).read_text())
     files = [c["file"] for c in toc["chapters"]]

@@ -125,6 +125,19 @@ def test_explain_on_new_patients_uses_the_ensemble_never_fold_0_alone(tiny_run, 
         explain_run(tiny_run, cohort, tiny_features, config=ExplainConfig(fold=7), progress=False)
 
 
+def test_a_new_cohort_that_reuses_the_runs_patient_ids_is_still_explained_by_the_ensemble(tiny_run, tiny_cohort, tiny_features, cohort_copy):
+    """Another hospital's "P0001" is not the run's P0001: only the run's own cohort (its manifest)
+    has patients that the one model which did not train on them explains."""
+    from persam_lib.explain.attention import explain_run, is_run_cohort
+
+    other = load_manifest(_unlabel(cohort_copy))  # the same ids, in another cohort's manifest
+    assert set(other.clinical.index) == set(tiny_cohort.clinical.index)
+    assert is_run_cohort(tiny_run, tiny_cohort) and not is_run_cohort(tiny_run, other)
+    assert set(explain_run(tiny_run, other, tiny_features, progress=False).predictions["fold"]) == {"0,1"}
+    own = explain_run(tiny_run, tiny_cohort, tiny_features, progress=False).predictions
+    assert set(own["fold"]) == {"0", "1"} and own.groupby("patient_id")["fold"].nunique().eq(1).all()
+
+
 def test_a_final_model_on_every_patient_for_the_median_best_epoch(tiny_cohort, tiny_features, tmp_path, capsys):
     from persam_lib.train.final import best_epochs
 

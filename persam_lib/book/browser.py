@@ -1,14 +1,18 @@
-"""Open the built book in headless Chromium and check what a reader would see.
+"""Open the built book in headless Chromium and check what a reader would see and can do.
 
 A Sphinx build can succeed while the book is still broken for a reader: a figure file that was
 never copied, a blank (single-colour) plot, a chapter link to a page that is not there, an anchor
-that moved, or an image fetched from the internet (the book must work offline). This module renders
-every page of the book with Chromium (``--dump-dom``), parses the rendered DOM with the standard
-library and checks the page's main content, every ``<img>`` and every in-book link. It can also
-save a screenshot of the landing page so a person can look at it.
+that moved, an image fetched from the internet (the book must work offline), a script error, or an
+interactive figure whose buttons do nothing. This module drives Debian's Chromium through
+Playwright for Python (``executable_path``: Playwright never downloads a browser here), reads each
+page's live DOM after its scripts ran, checks its main content, every ``<img>`` and every in-book
+link, and clicks every control of the book's interactive "what if" figures
+(`persam_lib.book.whatif`), checking that each click shows that control's overlay. It also saves a
+screenshot of the landing page, and one of each interactive figure after a click, for a person to
+look at.
 
-Everything runs on ``file://`` URLs; Chromium is started with flags that keep it off the network
-(this machine has none, and without them Chromium waits on network look-ups).
+Everything runs on ``file://`` URLs; any other request is refused before it leaves the browser,
+so a page that reaches for the network fails its image check instead of stalling.
 """
 from __future__ import annotations
 
@@ -16,19 +20,18 @@ import base64
 import binascii
 import io
 import os
+import re
 import shutil
-import signal
-import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-CHROMIUM_FLAGS = (
-    "--headless",
+CHROMIUM_ARGS = (
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -38,18 +41,43 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     # Every host name fails at once, so an external resource cannot stall a render offline.
     "--host-resolver-rules=MAP * ~NOTFOUND",
-    # Let scripts and <meta http-equiv="refresh"> redirects (Jupyter Book's index.html) settle;
-    # virtual time runs faster than the clock, so this costs little.
-    "--virtual-time-budget=2000",
 )
-SCREENSHOT_SIZE = "1280,2000"
+SCREENSHOT_SIZE = (1280, 2000)
 MIN_SCREENSHOT_BYTES = 10_000
 MIN_IMAGE_SIDE = 10
 NOT_BOOK_PAGES = frozenset({"search.html", "genindex.html"})
 IGNORED_LINK_SCHEMES = frozenset({"http", "https", "mailto", "javascript", "tel"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MAX_PARALLEL_RENDERS = 4
 MAX_PAGES = 1000
+MAX_REDIRECTS = 10
+
+# The book's interactive figures (`persam_lib.book.whatif` writes them with these classes).
+FIGURE_SELECTOR = ".persam-whatif"
+CONTROL_SELECTOR = ".persam-whatif-control"
+OVERLAY_SELECTOR = ".persam-whatif-overlay"
+
+# What the checks read from a page's live DOM, in one evaluation.
+_SNAPSHOT_JS = """() => {
+  const article = document.querySelector('article');
+  const main = article || document.querySelector('main');
+  const nav = 'nav, .bd-links, .bd-sidebar, .sphinxsidebar, .bd-docs-nav';
+  const anchors = [...document.querySelectorAll('a[href]')];
+  return {
+    has_article: !!article,
+    has_main: !!main,
+    main_text: !!main && main.innerText.trim().length > 0,
+    images: [...document.querySelectorAll('img')].map(i => i.getAttribute('src')),
+    links: anchors.map(a => a.getAttribute('href')),
+    nav_links: anchors.filter(a => a.closest(nav)).map(a => a.getAttribute('href')),
+    ids: [...document.querySelectorAll('[id]')].map(e => e.id)
+           .concat([...document.querySelectorAll('a[name]')].map(a => a.getAttribute('name'))),
+  };
+}"""
+
+# The overlays of one interactive figure a reader sees now: their data-index and src.
+_VISIBLE_OVERLAYS_JS = """(figure, selector) => [...figure.querySelectorAll(selector)]
+  .filter(img => !img.hidden && img.getClientRects().length > 0 && getComputedStyle(img).visibility !== 'hidden')
+  .map(img => ({record: img.dataset.record, src: img.getAttribute('src')}))"""
 
 
 @dataclass
@@ -59,7 +87,9 @@ class PageCheck:
     page: str  # path relative to the html dir, e.g. "book/executed/training.html"
     loaded: bool  # Chromium rendered it and the DOM has main content (an <article> or <main> with text)
     images: int  # <img> elements checked
-    problems: list[str] = field(default_factory=list)  # each names the page and the image/link at fault
+    problems: list[str] = field(default_factory=list)  # each names the page and the image/link/control at fault
+    controls: int = 0  # controls of interactive figures clicked
+    figure_shots: list[Path] = field(default_factory=list)  # a screenshot of each interactive figure after a click
 
 
 @dataclass
@@ -83,15 +113,25 @@ class BrowserReport:
         pages = f"{loaded} page(s) loaded" if loaded == total else f"{loaded} of {total} page(s) loaded"
         images = sum(p.images for p in self.pages)
         problems = sum(len(p.problems) for p in self.pages) + (self.screenshot_problem is not None)
-        text = f"browser: {pages}, {images} image(s), {problems} problem(s)"
+        controls = sum(p.controls for p in self.pages)
+        text = f"browser: {pages}, {images} image(s)" + (f", {controls} control(s) clicked" if controls else "") + f", {problems} problem(s)"
         if self.screenshot is not None:
             shown = _display_path(self.screenshot)
             text += f"; screenshot FAILED: {self.screenshot_problem}" if self.screenshot_problem else f"; screenshot {shown}"
         return text
 
 
+@dataclass
+class _Snapshot:
+    """A page as the browser shows it: the page it finally shows (after redirects) and its DOM facts."""
+
+    shown: str
+    dom: dict[str, Any]
+    problems: list[str]
+
+
 # --------------------------------------------------------------------------------------------
-# Finding Chromium and the pages
+# Finding Chromium and driving it
 
 
 def find_chromium() -> str | None:
@@ -103,31 +143,115 @@ def find_chromium() -> str | None:
     return None
 
 
-def book_pages(html_dir: Path) -> list[str]:
+@contextmanager
+def book_browser(chromium: str) -> Iterator[Any]:
+    """A Playwright browser context on ``chromium`` (this executable; never a downloaded one).
+    Each tab `_Pages.open` makes lets only ``file:`` requests through."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:  # pragma: no cover - the project's environment has it
+        raise RuntimeError("browser check: Playwright for Python is not installed; run `make test` (or pip install -r requirements.lock)") from exc
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS), headless=True)
+        try:
+            context = browser.new_context(viewport={"width": SCREENSHOT_SIZE[0], "height": SCREENSHOT_SIZE[1]})
+            yield context
+        finally:
+            browser.close()
+
+
+class _Pages:
+    """Opens book pages in one browser context, one tab at a time, following meta-refresh
+    redirects (Jupyter Book's ``index.html`` only redirects to the root page); each tab lets
+    only ``file:`` requests through."""
+
+    def __init__(self, context: Any, root: Path, timeout: float) -> None:
+        self.context, self.root, self.timeout = context, root, timeout
+        self.ids: dict[str, set[str]] = {}  # page -> ids, of every page rendered so far
+
+    @contextmanager
+    def open(self, page: str) -> Iterator[tuple[Any, _Snapshot | str]]:
+        """The tab showing ``page`` and its snapshot, or the tab and why it did not render."""
+        tab = self.context.new_page()
+        tab.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+        errors: list[str] = []
+        tab.on("pageerror", lambda exc: errors.append(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__))
+        try:
+            snap = self._follow(tab, page)
+            yield tab, snap
+            if isinstance(snap, _Snapshot):
+                tab.evaluate("() => new Promise(done => setTimeout(done, 0))")  # the page's queued events reach Playwright
+                snap.problems += [f"script error: {e}" for e in dict.fromkeys(errors)]
+        finally:
+            tab.close()
+
+    def _follow(self, tab: Any, page: str) -> _Snapshot | str:
+        """Load the page ``page`` finally shows in ``tab``: its meta refreshes are followed from the
+        files, before loading (a page that redirects at once would otherwise navigate under the
+        check's feet), then the last page is loaded and read."""
+        from playwright.sync_api import Error as PlaywrightError, TimeoutError as PlaywrightTimeout
+
+        shown, problems, seen = page, [], [page]
+        while (target_url := _meta_refresh((self.root / shown).read_text(errors="replace"))) is not None:
+            target = _local_page(self.root, shown, target_url)
+            if target is None:
+                problems.append(f"{page}: redirects to {target_url!r}, which is not a page inside the book")
+                break
+            if target in seen or len(seen) > MAX_REDIRECTS:
+                problems.append(f"{page}: redirect loop {' -> '.join(seen + [target])}")
+                break
+            seen.append(target)
+            shown = target
+        try:
+            tab.goto((self.root / shown).as_uri(), wait_until="load", timeout=self.timeout * 1000)
+            dom = tab.evaluate(_SNAPSHOT_JS)
+        except PlaywrightTimeout:
+            return f"timed out after {self.timeout:g} s"
+        except PlaywrightError as exc:
+            return str(exc).splitlines()[0][:200]
+        self.ids[shown] = set(dom["ids"])
+        return _Snapshot(shown, dom, problems)
+
+    def ids_of(self, page: str) -> set[str]:
+        """The ids on ``page`` as rendered (rendered now if no check has yet)."""
+        if page not in self.ids:
+            with self.open(page) as (_, snap):
+                if not isinstance(snap, _Snapshot):
+                    self.ids[page] = set()
+        return self.ids.get(page, set())
+
+
+def book_pages(html_dir: Path, chromium: str | None = None, timeout: float = 60.0) -> list[str]:
     """``index.html`` and every page the book's navigation reaches, relative to ``html_dir``; sorted, unique.
 
-    Starting at ``index.html`` it follows ``<meta http-equiv="refresh">`` redirects (Jupyter Book's
-    ``index.html`` only redirects to the root page) and the relative ``<a href>`` links inside the
-    navigation (``<nav>`` elements and Sphinx sidebars) that point at existing ``.html`` files in
-    ``html_dir``, page after page, so chapters nested below others are found too. ``search.html`` and
-    ``genindex.html`` are left out: they are Sphinx's, not the book's. Links to missing pages are not
-    listed here; the link check of the page that holds them reports them.
+    Starting at ``index.html`` it follows meta-refresh redirects and the relative ``<a href>`` links
+    inside the rendered navigation (``<nav>`` elements and Sphinx sidebars) that point at existing
+    ``.html`` files in ``html_dir``, page after page, so chapters nested below others are found too.
+    ``search.html`` and ``genindex.html`` are left out: they are Sphinx's, not the book's.
     """
     root = Path(html_dir).resolve()
-    found: set[str] = set()
+    with book_browser(_chromium_or_raise(chromium)) as context:
+        return sorted(_crawl(_Pages(context, root, timeout), root, lambda page, tab, snap: None))
+
+
+def _crawl(pages: _Pages, root: Path, visit) -> list[str]:
+    """Every page reachable from ``index.html`` through navigation, each opened once and handed to
+    ``visit(page, tab, snapshot-or-reason)`` while its tab is open."""
+    found: list[str] = []
     queue = ["index.html"]
     while queue and len(found) < MAX_PAGES:
-        page = queue.pop()
+        page = queue.pop(0)
         if page in found or not (root / page).is_file():
             continue
-        found.add(page)
-        parsed = _parse_html((root / page).read_text(errors="replace"))
-        targets = parsed.nav_links + ([parsed.refresh] if parsed.refresh else [])
-        for href in targets:
-            target = _local_page(root, page, href)
-            if target and target not in found and target not in NOT_BOOK_PAGES:
-                queue.append(target)
-    return sorted(found)
+        found.append(page)
+        with pages.open(page) as (tab, snap):
+            visit(page, tab, snap)
+            if isinstance(snap, _Snapshot):
+                targets = [_local_page(root, snap.shown, href) for href in snap.dom["nav_links"]]
+                for target in targets + ([snap.shown] if snap.shown != page else []):
+                    if target and target not in found and target not in NOT_BOOK_PAGES:
+                        queue.append(target)
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,11 +261,14 @@ def book_pages(html_dir: Path) -> list[str]:
 def check_book(html_dir: Path, screenshot: Path | None = None, pages: list[str] | None = None, chromium: str | None = None, timeout: float = 60.0) -> BrowserReport:
     """Render every page of the built book in headless Chromium and check it; optionally screenshot index.html.
 
-    ``pages`` defaults to :func:`book_pages`. Each page must render and have main content with text;
-    each ``<img>`` must be a local (or ``data:``) image that opens, is at least 10x10 pixels and is not
-    a single colour; each relative link must reach a file inside ``html_dir`` and, with a ``#fragment``
-    to an HTML page, an element with that id. Problems are collected, not raised. ``timeout`` bounds
-    each Chromium call, in seconds.
+    ``pages`` defaults to every page the navigation reaches (:func:`book_pages`). Each page must
+    render without a script error and have main content with text; each ``<img>`` must be a local
+    (or ``data:``) image that opens, is at least 10x10 pixels and is not a single colour; each
+    relative link must reach a file inside ``html_dir`` and, with a ``#fragment`` to an HTML page,
+    an element with that id; each control of an interactive figure, clicked, must show its own
+    overlay and only it. Problems are collected, not raised. With ``screenshot``, each interactive
+    figure is also saved beside it after its first alteration was clicked
+    (``whatif-<page>-<n>.png``). ``timeout`` bounds each page load, in seconds.
 
     Raises FileNotFoundError when ``html_dir`` has no ``index.html`` (the book is not built) and
     RuntimeError when no Chromium can be found.
@@ -149,81 +276,138 @@ def check_book(html_dir: Path, screenshot: Path | None = None, pages: list[str] 
     root = Path(html_dir).resolve()
     if not (root / "index.html").is_file():
         raise FileNotFoundError(f"{html_dir}: no index.html, so the book has not been built; run `persam book` first")
-    browser = chromium or find_chromium()
-    if browser is None:
-        raise RuntimeError(
-            "browser check: no Chromium found (looked for chromium, chromium-browser, google-chrome on PATH); "
-            "install Debian's `chromium` package (`apt-get install chromium`) or run `make test`, which installs it"
-        )
-    names = sorted(dict.fromkeys(pages)) if pages is not None else book_pages(root)
-    with ThreadPoolExecutor(max_workers=MAX_PARALLEL_RENDERS) as pool:
-        shot = pool.submit(take_screenshot, browser, root / "index.html", Path(screenshot), timeout) if screenshot is not None else None
-        checks = list(pool.map(lambda name: check_page(root, name, browser, timeout), names))
-        shot_problem = shot.result() if shot is not None else None
+    browser = _chromium_or_raise(chromium)
+    shots_dir = Path(screenshot).parent if screenshot is not None else None
+    gathered: dict[str, tuple[_Snapshot | str, int, list[str], list[Path]]] = {}
+
+    def visit(page: str, tab: Any, snap: _Snapshot | str) -> None:
+        if isinstance(snap, _Snapshot):
+            clicked, problems, shots = check_figures(tab, page, shots_dir)
+        else:
+            clicked, problems, shots = 0, [], []
+        gathered[page] = (snap, clicked, problems, shots)
+
+    with book_browser(browser) as context:
+        opened = _Pages(context, root, timeout)
+        if pages is None:
+            _crawl(opened, root, visit)
+        else:
+            for page in dict.fromkeys(pages):
+                if not _is_book_file(root, page):
+                    gathered[page] = (_missing(root, page), 0, [], [])
+                    continue
+                with opened.open(page) as (tab, snap):
+                    visit(page, tab, snap)
+        checks = [_page_check(root, page, *gathered[page], opened) for page in sorted(gathered)]
+        shot_problem = take_screenshot(opened, Path(screenshot)) if screenshot is not None else None
     return BrowserReport(pages=checks, screenshot=Path(screenshot) if screenshot is not None else None, screenshot_problem=shot_problem)
 
 
-def check_page(root: Path, page: str, chromium: str, timeout: float) -> PageCheck:
-    """Render one page and check its main content, images and links (see :func:`check_book`)."""
-    path = _inside(root, root / page)
-    if path is None:
-        return PageCheck(page, loaded=False, images=0, problems=[f"{page}: page is outside the book folder"])
-    if not path.is_file():
-        return PageCheck(page, loaded=False, images=0, problems=[f"{page}: page file does not exist"])
-    # A redirect stub (Jupyter Book's index.html) shows the page it redirects to; links and images
-    # in the rendered DOM are relative to that page.
-    shown, problems = _redirect_target(root, page)
-    dom, error = render_dom(chromium, path, timeout)
-    if error:
-        return PageCheck(page, loaded=False, images=0, problems=problems + [f"{page}: did not render in Chromium: {error}"])
-    parsed = _parse_html(dom)
-    loaded = parsed.has_main_text
+def _page_check(root: Path, page: str, snap: _Snapshot | str, clicked: int, figure_problems: list[str], shots: list[Path], opened: _Pages) -> PageCheck:
+    """The checks of one rendered page (see :func:`check_book`)."""
+    if not isinstance(snap, _Snapshot):
+        reason = snap if snap.startswith(f"{page}: ") else f"{page}: did not render in Chromium: {snap}"
+        return PageCheck(page, loaded=False, images=0, problems=[reason])
+    dom, shown, problems = snap.dom, snap.shown, list(snap.problems)
+    loaded = bool(dom["main_text"])
     if not loaded:
-        what = "has an empty <article>/<main>" if parsed.has_main else "has no <article> or <main> element"
+        what = "has an empty <article>/<main>" if dom["has_main"] else "has no <article> or <main> element"
         problems.append(f"{page}: rendered page {what} (the main content did not load)")
-    problems += [p for src in parsed.images if (p := _image_problem(root, shown, src))]
-    ids_cache: dict[Path, set[str]] = {}
-    problems += [p for href in parsed.links if (p := _link_problem(root, shown, href, parsed.ids, ids_cache))]
+    problems += [p for src in dom["images"] if (p := _image_problem(root, shown, src))]
+    problems += [p for href in dom["links"] if (p := _link_problem(root, shown, href, set(dom["ids"]), opened))]
+    problems += figure_problems
     where = page if shown == page else f"{page} (redirected to {shown})"
     named = [p if p.startswith(f"{page}: ") else f"{where}: {p}" for p in problems]
-    return PageCheck(page, loaded=loaded, images=len(parsed.images), problems=list(dict.fromkeys(named)))
+    return PageCheck(page, loaded=loaded, images=len(dom["images"]), problems=list(dict.fromkeys(named)), controls=clicked, figure_shots=shots)
+
+
+def _is_book_file(root: Path, page: str) -> bool:
+    path = _inside(root, root / page)
+    return path is not None and path.is_file()
+
+
+def _missing(root: Path, page: str) -> str:
+    if _inside(root, root / page) is None:
+        return f"{page}: page is outside the book folder"
+    return f"{page}: page file does not exist"
 
 
 # --------------------------------------------------------------------------------------------
-# Running Chromium
+# Interactive figures
 
 
-def render_dom(chromium: str, page: Path, timeout: float) -> tuple[str, str | None]:
-    """The DOM Chromium renders for a local file, and None; or ``("", reason)`` if it failed."""
-    rc, out, err = _run_chromium(chromium, ["--dump-dom", page.as_uri()], timeout)
-    if rc is None:
-        return "", f"timed out after {timeout:g} s"
-    if rc != 0:
-        return "", f"Chromium exited with {rc}: {_last_line(err)}"
-    dom = out.decode("utf-8", errors="replace")
-    if not dom.strip():
-        return "", f"Chromium printed no DOM ({_last_line(err) or 'no message'})"
-    return dom, None
+def check_figures(tab: Any, page: str, shots_dir: Path | None = None) -> tuple[int, list[str], list[Path]]:
+    """Click every control of every interactive figure on the open ``tab``: (controls clicked,
+    problems, screenshots saved).
 
-
-def take_screenshot(chromium: str, page: Path, target: Path, timeout: float) -> str | None:
-    """Save a PNG screenshot of ``page`` at ``target``; None if it worked, else what went wrong.
-
-    Chromium writes to a temporary name beside ``target`` that is renamed into place once complete,
-    so a half-written file never appears at ``target``.
+    Each figure shows one overlay at a time. Its controls are clicked from the second to the last,
+    then the first, so every click is a change of record: after each, exactly one overlay must be
+    visible, it must be the clicked control's record (``data-record`` of both), it must differ from
+    the one shown before the click, its image must open, and the control must say it is pressed
+    (``aria-pressed``).
     """
+    figures = tab.locator(FIGURE_SELECTOR)
+    clicked, problems, shots = 0, [], []
+    for k in range(figures.count()):
+        figure = figures.nth(k)
+        name = figure.get_attribute("id") or f"figure {k + 1}"
+        controls = figure.locator(CONTROL_SELECTOR)
+        n = controls.count()
+        if n < 2:
+            problems.append(f"interactive figure {name!r} has {n} control(s); it needs one per record, two at least")
+            continue
+        before = figure.evaluate(_VISIBLE_OVERLAYS_JS, OVERLAY_SELECTOR)
+        if len(before) != 1:
+            problems.append(f"interactive figure {name!r} shows {len(before)} overlays before any click (one expected)")
+        for i in [*range(1, n), 0]:
+            control = controls.nth(i)
+            label = control.inner_text().strip()
+            control.click()
+            clicked += 1
+            shown = figure.evaluate(_VISIBLE_OVERLAYS_JS, OVERLAY_SELECTOR)
+            if len(shown) != 1:
+                problems.append(f"interactive figure {name!r}: after clicking {label!r}, {len(shown)} overlays show (one expected)")
+            elif shown[0]["record"] != control.get_attribute("data-record"):
+                problems.append(f"interactive figure {name!r}: clicking {label!r} shows the overlay of another record ({shown[0]['record']!r})")
+            elif before and shown[0]["record"] == before[0]["record"]:
+                problems.append(f"interactive figure {name!r}: clicking {label!r} did not change the overlay")
+            elif (defect := _data_image_problem(shown[0]["src"]) if (shown[0]["src"] or "").startswith("data:") else None):
+                problems.append(f"interactive figure {name!r}: the overlay of {label!r}: {defect}")
+            if control.get_attribute("aria-pressed") != "true":
+                problems.append(f"interactive figure {name!r}: {label!r} does not show as pressed after its click")
+            if i == 1 and shots_dir is not None:
+                shots.append(_figure_shot(figure, shots_dir / f"whatif-{Path(page).stem}-{k + 1}.png"))
+            before = shown
+    return clicked, problems, shots
+
+
+def _figure_shot(figure: Any, target: Path) -> Path:
+    """A screenshot of one figure, written atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.tmp.png")
+    figure.screenshot(path=str(tmp))
+    os.replace(tmp, target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# The screenshot
+
+
+def take_screenshot(pages: _Pages, target: Path) -> str | None:
+    """Save a PNG screenshot of the page ``index.html`` shows at ``target``; None if it worked,
+    else what went wrong. Written to a temporary name beside ``target`` and renamed into place, so
+    a half-written file never appears at ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp.png", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        tmp.unlink()  # Chromium must create it: an empty leftover would look like a result
-        rc, _, err = _run_chromium(chromium, [f"--screenshot={tmp}", f"--window-size={SCREENSHOT_SIZE}", "--hide-scrollbars", page.as_uri()], timeout)
-        if rc is None:
-            return f"Chromium timed out after {timeout:g} s"
-        if rc != 0 or not tmp.is_file():
-            return f"Chromium wrote no screenshot (exit {rc}: {_last_line(err) or 'no message'})"
+        with pages.open("index.html") as (tab, snap):
+            if not isinstance(snap, _Snapshot):
+                return f"the page did not render ({snap})"
+            tab.screenshot(path=str(tmp))
         problem = _screenshot_problem(tmp)
         os.replace(tmp, target)
         return problem
@@ -231,120 +415,31 @@ def take_screenshot(chromium: str, page: Path, target: Path, timeout: float) -> 
         tmp.unlink(missing_ok=True)
 
 
-def _run_chromium(chromium: str, args: list[str], timeout: float) -> tuple[int | None, bytes, bytes]:
-    """Run Chromium with the offline flags and a fresh profile; return code (None on timeout), stdout, stderr.
-
-    Chromium starts helper processes; it runs in its own process group so a timeout ends them all.
-    """
-    with tempfile.TemporaryDirectory(prefix="persam-chromium-") as profile:
-        cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-            return proc.returncode, out, err
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            out, err = proc.communicate()
-            return None, out, err
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the process group this module started for ``proc`` (Chromium and its helpers)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _last_line(stderr: bytes) -> str:
-    """The last stderr line that is not D-Bus noise (Chromium complains about D-Bus in containers)."""
-    lines = [ln.strip() for ln in stderr.decode("utf-8", errors="replace").splitlines() if ln.strip() and "dbus" not in ln.lower()]
-    return lines[-1][:300] if lines else ""
+def _chromium_or_raise(chromium: str | None) -> str:
+    browser = chromium or find_chromium()
+    if browser is None:
+        raise RuntimeError(
+            "browser check: no Chromium found (looked for chromium, chromium-browser, google-chrome on PATH); "
+            "install Debian's `chromium` package (`apt-get install chromium`) or run `make test`, which installs it"
+        )
+    return browser
 
 
 # --------------------------------------------------------------------------------------------
-# Parsing HTML
+# Resolving URLs inside the book
 
 
-class _PageParser(HTMLParser):
-    """Collects what the checks need from one HTML document, in one pass."""
-
-    _SKIP_TEXT = frozenset({"script", "style", "noscript", "template"})
-    _SIDEBAR_CLASSES = ("bd-links", "bd-sidebar", "sphinxsidebar", "bd-docs-nav")
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.images: list[str | None] = []  # src of each <img>, None when it has none
-        self.links: list[str] = []  # href of each <a>
-        self.nav_links: list[str] = []  # href of each <a> inside navigation
-        self.ids: set[str] = set()
-        self.refresh: str | None = None  # URL of a <meta http-equiv="refresh">
-        self.has_main = False
-        self.has_article = False
-        self._article_text = False
-        self._main_text = False
-        self._open: list[tuple[str, bool]] = []  # open elements: (tag, starts navigation)
-        self._depth = {"article": 0, "main": 0, "nav": 0, "skip": 0}
-
-    @property
-    def has_main_text(self) -> bool:
-        """The main content has text: the <article> if there is one, else the <main>."""
-        return self._article_text if self.has_article else self._main_text
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: (v or "") for k, v in attrs}
-        if a.get("id"):
-            self.ids.add(a["id"])
-        if tag == "a" and a.get("name"):
-            self.ids.add(a["name"])
-        if tag == "img":
-            self.images.append(a.get("src") or None)
-        elif tag == "meta" and a.get("http-equiv", "").lower() == "refresh":
-            self.refresh = _refresh_url(a.get("content", ""))
-        elif tag == "a" and "href" in a:
-            self.links.append(a["href"])
-            if self._depth["nav"]:
-                self.nav_links.append(a["href"])
-        if tag in _VOID_TAGS:
-            return
-        is_nav = tag == "nav" or any(c in self._SIDEBAR_CLASSES for c in a.get("class", "").split())
-        self._open.append((tag, is_nav))
-        self._count(tag, is_nav, +1)
-        self.has_article |= tag == "article"
-        self.has_main |= tag in ("article", "main")
-
-    def handle_endtag(self, tag: str) -> None:
-        # Close up to the matching open element (HTML lets some end tags be left out);
-        # an end tag with no open element is ignored.
-        if tag in _VOID_TAGS or all(t != tag for t, _ in self._open):
-            return
-        while self._open:
-            open_tag, is_nav = self._open.pop()
-            self._count(open_tag, is_nav, -1)
-            if open_tag == tag:
-                return
-
-    def _count(self, tag: str, is_nav: bool, step: int) -> None:
-        if tag in ("article", "main"):
-            self._depth[tag] += step
-        self._depth["nav"] += step * is_nav
-        self._depth["skip"] += step * (tag in self._SKIP_TEXT)
-
-    def handle_data(self, data: str) -> None:
-        if self._depth["skip"] or not data.strip():
-            return
-        self._article_text |= self._depth["article"] > 0
-        self._main_text |= self._depth["main"] > 0
+_META_TAG = re.compile(r"<meta\b[^>]*>", re.IGNORECASE)
+_ATTRIBUTE = re.compile(r"""([a-zA-Z-]+)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""")
 
 
-_VOID_TAGS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"})
-
-
-def _parse_html(text: str) -> _PageParser:
-    parser = _PageParser()
-    parser.feed(text)
-    parser.close()
-    return parser
+def _meta_refresh(html: str) -> str | None:
+    """The URL a page's ``<meta http-equiv="refresh" content="0; url=...">`` sends the reader to, or None."""
+    for tag in _META_TAG.findall(html):
+        attrs = {m.group(1).lower(): next(g for g in m.groups()[1:] if g is not None) for m in _ATTRIBUTE.finditer(tag)}
+        if attrs.get("http-equiv", "").lower() == "refresh":
+            return _refresh_url(attrs.get("content", ""))
+    return None
 
 
 def _refresh_url(content: str) -> str | None:
@@ -354,17 +449,6 @@ def _refresh_url(content: str) -> str | None:
         if key.strip().lower() == "url" and value.strip():
             return value.strip().strip("'\"")
     return None
-
-
-def _ids_of(path: Path, cache: dict[Path, set[str]]) -> set[str]:
-    """The ids (and <a name>s) in the raw HTML of ``path``, parsed once per check."""
-    if path not in cache:
-        cache[path] = _parse_html(path.read_text(errors="replace")).ids
-    return cache[path]
-
-
-# --------------------------------------------------------------------------------------------
-# Resolving URLs inside the book
 
 
 def _inside(root: Path, path: Path) -> Path | None:
@@ -387,23 +471,6 @@ def _local_page(root: Path, page: str, href: str) -> str | None:
     if target is None or target.suffix.lower() != ".html" or not target.is_file():
         return None
     return target.relative_to(root).as_posix()
-
-
-def _redirect_target(root: Path, page: str) -> tuple[str, list[str]]:
-    """The page that ``page`` finally shows after meta-refresh redirects, and any problems on the way."""
-    seen = [page]
-    current = page
-    while True:
-        refresh = _parse_html((root / current).read_text(errors="replace")).refresh
-        if not refresh:
-            return current, []
-        target = _local_page(root, current, refresh)
-        if target is None:
-            return current, [f"{page}: redirects to {refresh!r}, which is not a page inside the book"]
-        if target in seen:
-            return current, [f"{page}: redirect loop {' -> '.join(seen + [target])}"]
-        seen.append(target)
-        current = target
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,10 +567,11 @@ def _screenshot_problem(path: Path) -> str | None:
 # Links
 
 
-def _link_problem(root: Path, page: str, href: str, page_ids: set[str], cache: dict[Path, set[str]]) -> str | None:
+def _link_problem(root: Path, page: str, href: str, page_ids: set[str], opened: _Pages) -> str | None:
     """What is wrong with one ``<a href>`` on ``page`` (the page the DOM belongs to), or None.
 
-    External (http, https), mailto:, tel: and javascript: links are not checked.
+    External (http, https), mailto:, tel: and javascript: links are not checked. A fragment on
+    another page is looked up among the ids of that page as the browser renders it.
     """
     parts = urlsplit(href.strip())
     if parts.scheme.lower() in IGNORED_LINK_SCHEMES or parts.netloc:
@@ -525,7 +593,7 @@ def _link_problem(root: Path, page: str, href: str, page_ids: set[str], cache: d
     rel = target.relative_to(root).as_posix()
     if not target.is_file():
         return f"link {href!r}: {rel} does not exist"
-    if fragment and target.suffix.lower() in (".html", ".htm") and fragment not in _ids_of(target, cache):
+    if fragment and target.suffix.lower() in (".html", ".htm") and fragment not in opened.ids_of(rel):
         return f"link {href!r}: {rel} has no element with id {fragment!r}"
     return None
 

@@ -32,15 +32,22 @@ class NotebookSpec:
     name: str
     source: Path
     parameters: dict[str, Any] = field(default_factory=dict)
-    image_cohort: bool = False  # runs on 2-D images: the demo radiographs, or the ``image_manifest`` parameter
+    needs: str = ""  # on your cohort (``manifest`` set), the parameter this chapter needs, else it is left out
+    because: str = ""  # why it needs it, for the message
 
     def left_out_because(self, overrides: dict[str, Any]) -> str:
-        """Why this chapter does not belong in a book built with ``overrides`` ("" = it does): an
-        image chapter in a book on the user's own cohort (``manifest``) with no ``image_manifest``
-        would show the demo radiographs, which have nothing to do with that cohort."""
-        if self.image_cohort and overrides.get("manifest") and not overrides.get("image_manifest"):
-            return "it runs on a cohort of 2-D images and the book is built on your cohort without one (give one with --set image_manifest=...)"
+        """Why this chapter does not belong in a book built with ``overrides`` ("" = it does): a
+        chapter about a cohort of its own (the demo radiographs, the demo's new patients) in a
+        book on the user's own cohort (``manifest``) without the parameter it ``needs`` would show
+        the demo's, which have nothing to do with that cohort."""
+        if self.needs and overrides.get("manifest") and not overrides.get(self.needs):
+            return f"{self.because or 'it needs a cohort of its own'} (give one with --set {self.needs}=...)"
         return ""
+
+    @property
+    def image_cohort(self) -> bool:
+        """Whether the chapter runs on 2-D images (it needs ``image_manifest`` on your cohort)."""
+        return self.needs == "image_manifest"
 
 
 @dataclass
@@ -84,7 +91,8 @@ def read_notebook_specs(project_root: str | Path) -> list[NotebookSpec]:
         source = root / entry["source"]
         if not source.is_file():
             raise ValueError(f"{path}: notebook entry {i + 1} ('{entry['name']}'): {source} does not exist")
-        specs.append(NotebookSpec(str(entry["name"]), source, dict(entry.get("parameters") or {}), bool(entry.get("image_cohort", False))))
+        own = entry.get("on_your_cohort") or {}
+        specs.append(NotebookSpec(str(entry["name"]), source, dict(entry.get("parameters") or {}), str(own.get("needs", "")), str(own.get("because", ""))))
     return specs
 
 
@@ -150,7 +158,7 @@ def relative_papermill_paths(notebook: Path, root: Path) -> None:
     notebook.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
-PATH_PARAMETERS = ("work_dir", "output_dir", "manifest", "image_manifest", "features_dir")  # given to notebooks relative to the project root
+PATH_PARAMETERS = ("work_dir", "output_dir", "manifest", "image_manifest", "features_dir", "new_manifest", "new_features")  # given to notebooks relative to the project root
 
 
 def seen_from(root: Path, value: Any) -> Any:
@@ -203,12 +211,17 @@ def check_overrides(declared: dict[str, dict[str, Any]], overrides: dict[str, An
 
 def book_cohort_manifests(work_dir: str | Path, overrides: dict[str, Any] | None = None) -> list[Path]:
     """The manifests the book was computed on: the slide cohort (the ``manifest`` parameter, or the
-    demo cohort) and the image cohort (the ``image_manifest`` parameter, or the demo radiographs
-    when the radiograph chapter generated them)."""
+    demo cohort), the image cohort (the ``image_manifest`` parameter, or the demo radiographs
+    when the radiograph chapter generated them) and the new patients (``new_manifest``, or the
+    demo's second cohort when the new patients chapter generated it)."""
     overrides, workspace = overrides or {}, Workspace.of(work_dir)
     slides = workspace.manifest(overrides.get("manifest") or "")
-    images = Path(overrides["image_manifest"]).resolve() if overrides.get("image_manifest") else workspace.radiograph_manifest
-    return [slides] + ([images] if images.is_file() or overrides.get("image_manifest") else [])
+    found = [slides]
+    for name, made in (("image_manifest", workspace.radiograph_manifest), ("new_manifest", workspace.new_patients_dir / "cohort" / "manifest.yaml")):
+        given = Path(overrides[name]).resolve() if overrides.get(name) else made
+        if given.is_file() or overrides.get(name):
+            found.append(given)
+    return found
 
 
 def privacy_scan(html_dir: str | Path, manifests: Path | list[Path]) -> list[str]:
@@ -235,7 +248,7 @@ def machine_paths(root: Path, work_dir: str | Path, overrides: dict[str, Any] | 
     found = [root, Path(work_dir).resolve(), Path.home()]
     if sys.prefix != sys.base_prefix:
         found.append(Path(sys.prefix).resolve())
-    for name in ("manifest", "image_manifest", "features_dir"):
+    for name in ("manifest", "image_manifest", "features_dir", "new_manifest", "new_features"):
         value = (overrides or {}).get(name)
         if value:
             path = Path(value).resolve()

@@ -57,6 +57,12 @@ class Workspace:
         return self.radiograph_dir / "manifest.yaml"
 
     @property
+    def new_patients_dir(self) -> Path:
+        """Where the new patients chapter keeps the cohort it applies the model to (the demo's
+        external cohort), its features, predictions and exports."""
+        return self.root / "new_patients"
+
+    @property
     def features_dir(self) -> Path:
         """Feature files: the ones the user brought, or the work dir's."""
         return self.features if self.features is not None else self.root / "features"

@@ -58,6 +58,7 @@ class DemoConfig:
     mask_downsample: int = 4  # ground-truth masks are stored at this downsample (fixed by the renderer)
     disagree_fraction: float = 0.5
     subtypes: int = 2  # classes: A, B (default) or A, B, C — each a nuclear phenotype of the deciding region
+    first_id: int = 1  # patients P0001…, slides S0001…; a second cohort of new patients starts elsewhere (e.g. 1001) so no id is shared
 
     @property
     def classes(self) -> list[str]:
@@ -173,8 +174,8 @@ def _design_patients(config: DemoConfig, rng: np.random.Generator) -> pd.DataFra
     ldh_missing = rng.random(n) < 0.05
     return pd.DataFrame(
         {
-            "patient_id": [f"P{i:04d}" for i in range(1, n + 1)],
-            "slide_id": [f"S{i:04d}" for i in range(1, n + 1)],
+            "patient_id": [f"P{i:04d}" for i in range(config.first_id, config.first_id + n)],
+            "slide_id": [f"S{i:04d}" for i in range(config.first_id, config.first_id + n)],
             "age": age.astype(int),
             "sex": sex,
             "site": site,

@@ -81,7 +81,7 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path | None, alter
     if config.per_class and not MODEL_INFO[run.config.model].class_maps:
         raise ValueError(f"--per-class needs a model with one attention map per class ({', '.join(class_map_models())}); {run.path} holds a {run.config.model} run")
     device = Distributed().device(config.device)  # "auto": CUDA when present
-    folds = run.folds
+    folds = run.folds if is_run_cohort(run, cohort) else run.folds.iloc[:0]  # another cohort's "P0001" is not the run's patient
     records = cohort.records()
     numeric = numeric_targets(cohort.schema, records, config.quantiles) if alterations is None else {}
     attention_parts, prediction_rows = [], []
@@ -106,6 +106,17 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path | None, alter
         for label, p in zip(labels, probs):
             prediction_rows.append({"slide_id": row.slide_id, "patient_id": row.patient_id, "fold": fold, "record": label, **{f"prob_{c}": float(v) for c, v in zip(run.classes, p)}, "y_pred": run.classes[int(p.argmax())]})
     return Explanation(pd.concat(attention_parts, ignore_index=True), pd.DataFrame(prediction_rows), run.config.model)
+
+
+def is_run_cohort(run: Run, cohort: Cohort) -> bool:
+    """Whether ``cohort`` is the one ``run`` was trained on (its manifest file): only then is a
+    patient id the run knows the run's patient. A cohort of new patients from elsewhere may reuse
+    ids such as ``P0001``; its patients are new whatever their ids. A run that did not record its
+    manifest is trusted to be explained on its own cohort."""
+    trained = run.inputs.get("manifest")
+    if not trained or cohort.manifest_path is None:
+        return True
+    return Path(trained).resolve() == Path(cohort.manifest_path).resolve()
 
 
 def models_for(patient_id: str, folds: pd.Series, finished: list[int], fold: int | None) -> list[int]:

@@ -112,3 +112,44 @@ def write_overlay(attention: pd.DataFrame, slide_id: str, record: str, level0: t
                 description=f"persam attention overlay; record={record}; mpp={mpp}" if i == 0 else None,
             )
     return Path(out_path)
+
+
+def export_slides(run, cohort, features_dir: str | Path | None, slides: list[str] | None, fmt: str, out_dir: str | Path, *, fold: int | None = None, pseudonyms: bool = False) -> list[Path]:
+    """What `persam export` does: explain ``slides`` of ``cohort`` (default: all) with ``run`` (the
+    fold ensemble for new patients, or ``fold``) and write, inside ``out_dir``, one GeoJSON per
+    slide (``fmt="geojson"``) or one TIFF overlay per slide and record (``<slide>/<record>.tiff``);
+    files are named by the slide's pseudonym with ``pseudonyms``. Returns the files written."""
+    from dataclasses import replace
+
+    from persam_lib.book.privacy import Pseudonyms
+    from persam_lib.explain.attention import ExplainConfig, explain_run
+    from persam_lib.io.paths import check_writable_folder
+    from persam_lib.slides.factory import open_slide
+
+    if fmt not in ("geojson", "tiff"):
+        raise ValueError(f"export format '{fmt}': use geojson or tiff")
+    if cohort.modality != "slides":
+        raise ValueError(f"{cohort.manifest_path}: export writes slide overlays (GeoJSON tiles, TIFF at the slide's level 0); this is a cohort of {cohort.modality}")
+    known = list(cohort.slides["slide_id"])
+    chosen = list(slides) if slides else known
+    unknown = [s for s in chosen if s not in set(known)]
+    if unknown:
+        raise ValueError(f"--slides names slide(s) not in {cohort.manifest_path}: {', '.join(unknown)}")
+    check_writable_folder(out_dir)
+    subset = replace(cohort, slides=cohort.slides[cohort.slides["slide_id"].isin(chosen)].reset_index(drop=True))
+    explanation = explain_run(run, subset, features_dir, config=ExplainConfig(fold=fold), progress=False)
+    names = Pseudonyms.for_cohort(cohort) if pseudonyms else None
+    paths = subset.slides.set_index("slide_id")["path"]
+    written: list[Path] = []
+    for slide_id in chosen:
+        name = names.slide(slide_id) if names else slide_id
+        if fmt == "geojson":
+            written.append(write_geojson(explanation.attention, slide_id, name, out_dir))
+            continue
+        with open_slide(paths[slide_id]) as slide:
+            level0, mpp = slide.level_dimensions[0], slide.mpp
+        for record in explanation.attention.loc[explanation.attention["slide_id"] == slide_id, "record"].unique():
+            target = inside(Path(out_dir), name, f"{record_file_name(record)}.tiff")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written.append(write_overlay(explanation.attention, slide_id, record, level0, mpp, target))
+    return written

@@ -63,14 +63,17 @@ def slide_overview(thumbnail: np.ndarray, tissue: np.ndarray | None = None, regi
     return ax
 
 
-def attention_heatmap(thumbnail: np.ndarray, downsample: float, coords: np.ndarray, size: int, attention: np.ndarray, ax: Axes | None = None, title: str = "", vmax: float | None = None, tissue: np.ndarray | None = None) -> Axes:
-    """Attention per patch painted over the thumbnail (perceptual colour map), tissue outlined."""
+def attention_heatmap(thumbnail: np.ndarray, downsample: float, coords: np.ndarray, size: int, attention: np.ndarray, ax: Axes | None = None, title: str = "", vmax: float | None = None, tissue: np.ndarray | None = None, regions: dict[str, np.ndarray] | None = None) -> Axes:
+    """Attention per patch painted over the thumbnail (perceptual colour map), tissue outlined,
+    and each ground-truth region outlined in its colour when ``regions`` are given."""
     ax = ax or plt.subplots(figsize=(5, 4))[1]
     canvas = paint_patches(thumbnail.shape[:2], downsample, coords, size, attention)
     ax.imshow(thumbnail)
     image = ax.imshow(canvas, cmap=ATTENTION_CMAP, alpha=0.65, vmin=0, vmax=vmax if vmax is not None else np.nanmax(canvas))
     if tissue is not None:
         _outline(ax, tissue, thumbnail.shape[:2], "#2ca02c", None)
+    for i, (name, mask) in enumerate((regions or {}).items()):
+        _outline(ax, mask, thumbnail.shape[:2], region_colour(i), name)
     ax.set_title(title)
     ax.axis("off")
     plt.colorbar(image, ax=ax, fraction=0.035, pad=0.02, label="attention")
