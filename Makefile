@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BROWSER := $(VENV)/.browser
 WORK ?= _work/demo
 
-.PHONY: book test bench ci-book example lab clean distclean
+.PHONY: book test bench gpu-check ci-book example lab clean distclean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
@@ -65,3 +65,8 @@ distclean: clean
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# The GPU path in one prepared command (within 8 minutes on one GPU): tests/test_gpu.py and the GPU rows
+# of every benchmark, one table in _build/gpu-check/gpu_check.md. DRY=1: the same plan on the CPU at toy sizes.
+gpu-check: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_check $(if $(DRY),--dry,) --out _build/gpu-check
