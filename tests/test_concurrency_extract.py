@@ -103,3 +103,32 @@ def test_only_temporary_files_of_dead_writers_are_removed(tiny_cohort, tiny_feat
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_the_next_slides_are_planned_while_the_first_streams(monkeypatch):
+    """Planning (tissue, grid) runs in a background thread: the first slide's plan comes out as soon
+    as it is made, and the next ones are made while the caller streams it."""
+    import threading
+    import time
+
+    from persam_lib.features import extract as extraction
+
+    planned_in: list[str] = []
+
+    def slow_plan(slide_id, path, mpp, config):
+        time.sleep(0.2)
+        planned_in.append(threading.current_thread().name)
+        if slide_id == "bad":
+            raise OSError("unreadable")
+        return slide_id
+
+    monkeypatch.setattr(extraction, "_plan_one", slow_plan)
+    summary = extraction.ExtractSummary()
+    start = time.perf_counter()
+    chunks = extraction.planned_chunks([("a", "", None), ("b", "", None), ("bad", "", None), ("c", "", None)], extraction.ExtractConfig(), summary)
+    first = next(chunks)
+    assert first == ["a"] and time.perf_counter() - start < 0.5  # not after all four plans
+    time.sleep(0.8)  # "streaming" slide a: b, bad and c are planned meanwhile
+    assert next(chunks) == ["b", "c"] and list(chunks) == []
+    assert summary.failed == {"bad": "OSError: unreadable"}
+    assert all(name.startswith("persam-plan") for name in planned_in)

@@ -1,7 +1,8 @@
 """Extraction runner: slide → tissue mask → patch grid → encoder → one HDF5 file per slide.
 
 Patches are read by a PyTorch DataLoader whose worker processes decode pixels while the main
-process encodes the previous batch. Resumable (a slide whose products — tissue mask and feature
+process encodes the previous batch, and a background thread plans the next slides (tissue mask,
+patch grid) meanwhile (`planned_chunks`). Resumable (a slide whose products — tissue mask and feature
 file — are both in place is skipped) and fault-tolerant (a slide that fails — unreadable, no
 tissue, a corrupt tile — is recorded in ``failures.csv`` with the reason while the others go
 on; the record is kept until the slide succeeds). Each product is written to a temporary file
@@ -14,6 +15,9 @@ run with one clear error, keeping what was finished.
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -164,18 +168,16 @@ def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = Extract
     with output_lock(out_dir, "extract"):
         encoder = create_encoder(config.encoder, weights=config.encoder_weights)
         settings, todo, summary = prepare_run(cohort, out_dir, config, overwrite=overwrite)
-        plans: list[SlidePlan] = []
-        for slide_id, path, mpp in tqdm(todo, desc="tissue + grid", disable=not progress):
-            try:
-                with open_slide(path, mpp=mpp, backend=config.reader_backend) as reader:
-                    plans.append(plan_slide(reader, slide_id, config, mpp))
-            except Exception as err:  # one failed slide must not stop the others
-                summary.failed[slide_id] = f"{type(err).__name__}: {err}"
+        bar = tqdm(total=len(todo), desc="extract", unit="slide", disable=not progress)
         try:
-            _encode_and_write(plans, encoder, config, settings, out_dir, summary, progress)
+            for chunk in planned_chunks(todo, config, summary):  # slide k+1 is planned while slide k streams
+                _encode_and_write(chunk, encoder, config, settings, out_dir, summary, progress, bar)
+            bar.update(len(todo) - bar.n)  # the slides that failed before streaming
         except (WriteStopped, ReaderKilledError):
             _write_failures_if_possible(out_dir, summary)
             raise
+        finally:
+            bar.close()
         write_failures(out_dir, summary.failed, summary.written + summary.skipped)
     return summary
 
@@ -202,14 +204,43 @@ def prepare_run(cohort: Cohort, out_dir: Path, config: ExtractConfig, *, overwri
     return settings, todo, summary
 
 
-def _encode_and_write(plans: list[SlidePlan], encoder: Encoder, config: ExtractConfig, settings: dict, out_dir: Path, summary: ExtractSummary, progress: bool) -> None:
+def _plan_one(slide_id: str, path: str, mpp: float | None, config: ExtractConfig) -> SlidePlan:
+    with open_slide(path, mpp=mpp, backend=config.reader_backend) as reader:
+        return plan_slide(reader, slide_id, config, mpp)
+
+
+def planned_chunks(todo: list[tuple[str, str, float | None]], config: ExtractConfig, summary: ExtractSummary) -> Iterator[list[SlidePlan]]:
+    """The slides' plans (tissue mask and patch grid), in slide order, made by one background
+    thread while the caller streams the plans it already has: each chunk is every plan finished
+    by the time the caller asks for more (one at least), so planning overlaps reading and encoding
+    instead of running serially before them. A slide whose planning fails is recorded in
+    ``summary.failed`` and the others go on."""
+    planner = ThreadPoolExecutor(1, thread_name_prefix="persam-plan")
+    try:
+        pending = deque((slide_id, planner.submit(_plan_one, slide_id, path, mpp, config)) for slide_id, path, mpp in todo)
+        while pending:
+            chunk: list[SlidePlan] = []
+            while pending and (not chunk or pending[0][1].done()):
+                slide_id, future = pending.popleft()
+                try:
+                    chunk.append(future.result())
+                except Exception as err:  # one failed slide must not stop the others
+                    summary.failed[slide_id] = f"{type(err).__name__}: {err}"
+            if chunk:
+                yield chunk
+    finally:
+        planner.shutdown(wait=True, cancel_futures=True)  # a stopped run plans no further slide
+
+
+def _encode_and_write(plans: list[SlidePlan], encoder: Encoder, config: ExtractConfig, settings: dict, out_dir: Path, summary: ExtractSummary, progress: bool, bar: tqdm | None = None) -> None:
     """Read every planned patch (in reader workers), encode batch by batch, write each slide when its last patch is in."""
     workers = config.workers() if len(plans) else 0
     loader = DataLoader(PatchDataset(plans, config.reader_backend), batch_size=config.batch_size, num_workers=workers, collate_fn=_collate, worker_init_fn=reader_worker_init() if workers else None)
     remaining = {i: len(p.coords) for i, p in enumerate(plans)}
     chunks: dict[int, list[np.ndarray]] = {i: [] for i in remaining}
     errors: dict[int, str] = {}
-    bar = tqdm(total=len(plans), desc="extract", unit="slide", disable=not progress)
+    own_bar = bar is None
+    bar = bar if bar is not None else tqdm(total=len(plans), desc="extract", unit="slide", disable=not progress)
     slide_bar = tqdm(total=len(plans[0].coords) if plans else 0, desc=plans[0].slide_id if plans else "", unit="patch", position=1, leave=False, disable=not progress)
     batches = iter(loader)
     try:
@@ -238,7 +269,8 @@ def _encode_and_write(plans: list[SlidePlan], encoder: Encoder, config: ExtractC
         if shutdown is not None:  # the other readers stop now, not when the iterator is collected
             shutdown()
         slide_bar.close()
-        bar.close()
+        if own_bar:
+            bar.close()
 
 
 def _write_failures_if_possible(out_dir: Path, summary: ExtractSummary) -> None:
