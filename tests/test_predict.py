@@ -162,3 +162,11 @@ def tiny_cohort_run_without_final(tmp_path, out):
     shutil.copytree(out, copy)
     (copy / "final" / "final.json").unlink()  # an interrupted final fit is not a final model
     return copy
+
+
+def test_the_calibration_error_is_the_reliability_tables_weighted_gap():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(3), 200)
+    y = rng.integers(0, 3, 200)
+    table = reliability(y, probs)
+    assert expected_calibration_error(y, probs) == pytest.approx(float((table["n"] / 200 * (table["accuracy"] - table["confidence"]).abs()).sum()), abs=1e-12)

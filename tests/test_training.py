@@ -154,3 +154,23 @@ def test_an_interrupted_fold_resumes_from_its_last_finished_epoch(tiny_cohort, t
     pd.testing.assert_frame_equal(resumed.predictions, whole.predictions)  # and ended where the uninterrupted run did
     pd.testing.assert_frame_equal(pd.read_csv(fold0 / "history.csv"), pd.read_csv(tmp_path / "whole" / "fold_0" / "history.csv"))
     assert not list((tmp_path / "cut").glob("fold_*/resume.pt"))
+
+
+def test_the_vectorised_bootstrap_gives_the_resample_by_resample_values():
+    """Every resample scored at once equals scoring each with scikit-learn, ties and a third class
+    included (the book computes two of these intervals per run)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from persam_lib.train.metrics import bootstrap_ci, macro_auroc
+
+    rng = np.random.default_rng(4)
+    for classes in (2, 3):
+        y = rng.integers(0, classes, 40)
+        probs = rng.dirichlet(np.ones(classes), 40).round(1)  # rounded: many ties
+        probs /= probs.sum(1, keepdims=True)
+        for metric, fn in (("balanced_accuracy", lambda yy, pp: balanced_accuracy_score(yy, pp.argmax(1))), ("auroc", macro_auroc)):
+            draws = np.random.default_rng(0).integers(0, 40, (200, 40))
+            expected = [fn(y[i], probs[i]) for i in draws if len(np.unique(y[i])) > 1]
+            est, low, high = bootstrap_ci(y, probs, metric, n_boot=200, seed=0)
+            assert est == pytest.approx(fn(y, probs))
+            assert (low, high) == pytest.approx(tuple(np.quantile(expected, [0.025, 0.975])), abs=1e-12), (classes, metric)
