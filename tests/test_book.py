@@ -9,6 +9,7 @@ from persam_lib.book.build import build_html, execute_notebooks, read_notebook_s
 from persam_lib.book.parameters import declared_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the whole book on a tiny cohort (about 4 minutes on 2 cores): `make test-slow`, and CI
 
 
 @pytest.fixture(scope="module")

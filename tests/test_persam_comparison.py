@@ -22,6 +22,7 @@ def pair(tiny_cohort, tiny_features, tmp_path_factory):
     return out, train_variants(tiny_cohort, tiny_features, out, configs, progress=False)
 
 
+@pytest.mark.slow  # both PersAMs explained on every slide: `make test-slow`, and CI
 def test_the_section_compares_accuracy_attention_and_per_class_maps(tiny_cohort_dir, tiny_features, pair, tmp_path, monkeypatch):
     import persam_lib.book.persam_comparison as comparison
 

@@ -45,6 +45,7 @@ def test_the_cohort_has_three_classes_and_the_record_still_decides(three_class):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow  # every slide model trained: `make test-slow`, and CI
 def test_every_slide_model_trains_and_reports_three_class_metrics(three_class, tmp_path):
     out, cohort = three_class
     models = available_models("features")

@@ -186,7 +186,10 @@ def export_for_review(run: Run, new: NewPatients, slides: list[str], out_dir: Pa
                 features = json.loads(path.read_text())["features"]
                 row |= {"tiles": len(features), "measurements": len(features[0]["properties"]["measurements"]) if features else 0}
             rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for column in ("tiles", "measurements"):  # a GeoJSON's; blank for the TIFFs rather than NaN
+        table[column] = [f"{int(v)}" if pd.notna(v) else "" for v in table.get(column, pd.Series([None] * len(table)))]
+    return table.set_index(["format", "file"])
 
 
 def commands(run: Run, new: NewPatients) -> Markdown:
