@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BROWSER := $(VENV)/.browser
 WORK ?= _work/demo
 
-.PHONY: book test bench gpu-check ci-book example lab clean distclean
+.PHONY: book test test-slow bench gpu-check ci-book example lab clean distclean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 on PATH; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
@@ -34,8 +34,13 @@ $(SAMPLES): $(STAMP)
 book: $(STAMP) $(BROWSER) $(SAMPLES)
 	$(BIN)/persam book --work $(WORK)
 
+# The tests in two worker processes of one thread each (pytest-xdist); the slow end-to-end ones
+# (marked `slow`: the whole tiny book, every model on three classes) run in `make test-slow`, and in CI.
 test: $(STAMP) $(BROWSER) $(SAMPLES)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
+
+test-slow: $(STAMP) $(BROWSER) $(SAMPLES)
+	$(BIN)/python -m pytest -q -m slow -n 2 --dist loadfile
 
 # What CI builds besides the tests: the book on the example of a user's cohort (other fields and
 # classes, no ground truth, TRIDENT features), then a small demo book (both strict, privacy scan,

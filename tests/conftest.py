@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny generated cohort, its features and a short training run, built once per session."""
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -12,6 +13,16 @@ from persam_lib.cohort.manifest import load_manifest
 from persam_lib.features.extract import extract
 from persam_lib.train.loop import TrainConfig
 from persam_lib.train.run import train_cross_validated
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers), each worker computes on one thread: two
+    workers of two threads each on two cores slow every training test tenfold."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"  # processes the tests start inherit it
+        torch.set_num_threads(1)
+
 
 TINY = DemoConfig(patients=8, seed=3, width=1536, height=1152, region_radius=230)
 
