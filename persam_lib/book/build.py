@@ -61,6 +61,13 @@ class BookReport:
     leaks: list[str] = field(default_factory=list)  # privacy-scan findings
     browser: str = ""  # the browser check's summary line, when it ran
     browser_ok: bool = True
+    stages: dict[str, float] = field(default_factory=dict)  # after the chapters: "html", "privacy scan", "browser check" -> seconds
+
+    def times(self) -> dict[str, Any]:
+        """Each chapter's and stage's seconds and their total: what `make_book` records in
+        ``_build/book_times.json`` and prints, so a slow chapter is found without a profiler."""
+        return {"chapters": {k: round(v, 1) for k, v in self.executed.items()}, "stages": {k: round(v, 1) for k, v in self.stages.items()},
+                "total_s": round(sum(self.executed.values()) + sum(self.stages.values()), 1)}
 
     @property
     def ok(self) -> bool:
@@ -259,19 +266,27 @@ def machine_paths(root: Path, work_dir: str | Path, overrides: dict[str, Any] | 
 def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, strict: bool = False, browser_check: bool = True) -> BookReport:
     """Execute all notebooks, build the HTML book into ``_build/html``, scan it for leaks and, where
     Chromium is installed (and ``browser_check``), open it in a browser and save a screenshot."""
+    from persam_lib.io.atomic import write_json_atomic
+
     root = Path(project_root).resolve()
     report = execute_notebooks(root, work_dir, overrides)
+    start = time.perf_counter()
     report.build_returncode = build_html(root, strict=strict, left_out=tuple(report.left_out))
+    report.stages["html"] = time.perf_counter() - start
     html = root / "_build" / "html"
     if report.build_returncode == 0:
+        start = time.perf_counter()
         report.leaks = privacy_scan(html, book_cohort_manifests(work_dir, overrides)) + [str(leak) for leak in scan_for_paths(html, machine_paths(root, work_dir, overrides))]
+        report.stages["privacy scan"] = time.perf_counter() - start
         for leak in report.leaks:
             print(f"[persam book] privacy: {leak}", flush=True)
         if browser_check:
             from persam_lib.book.browser import check_book, find_chromium
 
             if find_chromium():
+                start = time.perf_counter()
                 result = check_book(html, screenshot=root / "_build" / "screenshots" / "index.png")
+                report.stages["browser check"] = time.perf_counter() - start
                 report.browser, report.browser_ok = result.line(), result.ok
                 print(f"[persam book] {result.line()}", flush=True)
                 for page in result.pages:
@@ -279,4 +294,8 @@ def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[st
                         print(f"[persam book] browser: {problem}", flush=True)
             else:
                 print("[persam book] browser check skipped: no Chromium (apt-get install chromium, or make test installs it)", flush=True)
+    times = report.times()
+    write_json_atomic(root / "_build" / "book_times.json", times)
+    shown = ", ".join(f"{k} {v:.0f} s" for k, v in {**times["chapters"], **times["stages"]}.items())
+    print(f"[persam book] times: {shown}; total {times['total_s']:.0f} s (_build/book_times.json)", flush=True)
     return report
