@@ -170,3 +170,24 @@ def test_the_calibration_error_is_the_reliability_tables_weighted_gap():
     y = rng.integers(0, 3, 200)
     table = reliability(y, probs)
     assert expected_calibration_error(y, probs) == pytest.approx(float((table["n"] / 200 * (table["accuracy"] - table["confidence"]).abs()).sum()), abs=1e-12)
+
+
+def test_train_predict_explain_export_on_an_unlabelled_cohort_from_the_cli(tiny_cohort, tiny_features, cohort_copy, tmp_path, capsys):
+    """The path a user takes with new patients, command by command."""
+    run = tmp_path / "run"
+    small = ["--folds", "2", "--epochs", "2", "--set", "d_model=8", "--set", "n_heads=2", "--set", "n_layers=1", "--set", "val_fraction=0.25"]
+    assert main(["train", str(tiny_cohort.manifest_path), "--features", str(tiny_features), "--out", str(run), *small]) == 0
+    for name in ("clinical.csv", "slides.csv"):
+        path = cohort_copy / name
+        path.write_text(path.read_text().replace("P0", "N0"))
+    new = _unlabel(cohort_copy)
+    assert main(["predict", str(run), "--manifest", str(new), "--features", str(tiny_features), "--out", str(tmp_path / "p.csv")]) == 0
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    assert len(predictions) == 8 and predictions["patient_id"].str.startswith("N0").all()
+    assert main(["explain", str(run), "--manifest", str(new), "--features", str(tiny_features), "--out", str(tmp_path / "a.parquet")]) == 0
+    attention = pd.read_parquet(tmp_path / "a.parquet")
+    assert attention["slide_id"].nunique() == 8 and attention["record"].nunique() > 1
+    assert main(["export", str(run), "--manifest", str(new), "--features", str(tiny_features), "--format", "geojson", "--out", str(tmp_path / "qupath"), "--pseudonyms"]) == 0
+    files = sorted((tmp_path / "qupath").glob("*.geojson"))
+    assert len(files) == 8 and json.loads(files[0].read_text())["type"] == "FeatureCollection"
+    assert "export: 8 geojson file(s) for 8 slide(s)" in capsys.readouterr().out
