@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+GPU_TESTS_TIMEOUT_S = 240  # the part of the 8 minutes the GPU tests may take
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,10 @@ def _part(report: CheckReport, name: str, fn: Callable[[], list[CheckRow]]) -> N
 
 def gpu_tests(plan: Plan) -> list[CheckRow]:
     """``pytest tests/test_gpu.py``: its summary line (on a machine without CUDA they skip)."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_gpu.py")], cwd=ROOT, capture_output=True, text=True)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_gpu.py")], cwd=ROOT, capture_output=True, text=True, timeout=GPU_TESTS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return [CheckRow("tests/test_gpu.py", "pytest", f"stopped after {GPU_TESTS_TIMEOUT_S} s", "failed")]
     summary = next((line for line in reversed(done.stdout.splitlines()) if " in " in line and ("passed" in line or "skipped" in line or "failed" in line)), done.stdout[-200:])
     status = "failed" if done.returncode not in (0, 5) else ("skipped" if "skipped" in summary and "passed" not in summary else "ok")
     return [CheckRow("tests/test_gpu.py", "pytest", summary.strip("= "), status)]
@@ -268,13 +272,18 @@ def run_check(plan: Plan, out_dir: Path) -> CheckReport:
     """Every part of ``plan``; the table written atomically into ``out_dir``."""
     from persam_lib.io.atomic import write_json_atomic, write_text_atomic
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(min(2, os.cpu_count() or 1) if plan.dry else (os.cpu_count() or 1))
     report = CheckReport(plan, device_name=torch.cuda.get_device_name(0) if plan.device == "cuda" else "cpu")
-    for name, fn in PARTS:
-        _part(report, name, lambda fn=fn: fn(plan))
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "gpu_check.md", report.markdown())
-    write_json_atomic(out_dir / "gpu_check.json", {"plan": asdict(plan), "device": report.device_name, "rows": [asdict(r) for r in report.rows]})
+    try:
+        for name, fn in PARTS:
+            _part(report, name, lambda fn=fn: fn(plan))
+            # the table so far, after every part: a run cut off at its time limit keeps what it measured
+            write_text_atomic(out_dir / "gpu_check.md", report.markdown())
+            write_json_atomic(out_dir / "gpu_check.json", {"plan": asdict(plan), "device": report.device_name, "rows": [asdict(r) for r in report.rows]})
+    finally:
+        torch.set_num_threads(threads)
     return report
 
 

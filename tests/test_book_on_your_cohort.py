@@ -57,7 +57,8 @@ def test_path_parameters_reach_notebooks_relative_to_the_project(tmp_path):
     assert seen_from(root, tmp_path / "data" / "manifest.yaml") == "../data/manifest.yaml"
     assert seen_from(root, "") == "" and seen_from(root, 3) == 3
     folders = machine_paths(root, root / "_work", {"manifest": str(tmp_path / "data" / "manifest.yaml"), "features_dir": str(tmp_path / "feats")})
-    expected = [root.resolve(), (root / "_work").resolve(), Path.home(), (tmp_path / "data").resolve(), (tmp_path / "feats").resolve()]
+    home = [Path.home()] if len(Path.home().parts) >= 3 else []
+    expected = [root.resolve(), (root / "_work").resolve(), *home, (tmp_path / "data").resolve(), (tmp_path / "feats").resolve()]
     assert [f for f in folders if f != Path(sys.prefix).resolve()] == expected
     if sys.prefix != sys.base_prefix:  # a library's warning prints the virtual environment's path
         assert Path(sys.prefix).resolve() in folders

@@ -99,10 +99,12 @@ def the_problem(found: list[str], *parts: str) -> str:
 # Without Chromium
 
 
+@needs_chromium
 def test_book_pages_follows_the_navigation(site):
     assert book_pages(site) == ["a.html", "index.html", "sub/b.html"]
 
 
+@needs_chromium
 def test_book_pages_follows_redirects_and_nested_navigation(site):
     # Jupyter Book's index.html only redirects to the root page, whose sidebar lists the chapters.
     write(site, "index.html", '<meta http-equiv="Refresh" content="0; url=book/home.html" />')

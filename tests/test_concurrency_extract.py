@@ -107,28 +107,57 @@ def test_only_temporary_files_of_dead_writers_are_removed(tiny_cohort, tiny_feat
 
 def test_the_next_slides_are_planned_while_the_first_streams(monkeypatch):
     """Planning (tissue, grid) runs in a background thread: the first slide's plan comes out as soon
-    as it is made, and the next ones are made while the caller streams it."""
+    as it is made, and the next ones are made while the caller streams it (events, not timings)."""
     import threading
-    import time
 
     from persam_lib.features import extract as extraction
 
-    planned_in: list[str] = []
+    release = {s: threading.Event() for s in ("a", "b", "bad", "c")}
+    planned = {s: threading.Event() for s in release}
+    threads: list[str] = []
 
-    def slow_plan(slide_id, path, mpp, config):
-        time.sleep(0.2)
-        planned_in.append(threading.current_thread().name)
+    def gated_plan(slide_id, path, mpp, config):
+        assert release[slide_id].wait(10)
+        threads.append(threading.current_thread().name)
+        planned[slide_id].set()
         if slide_id == "bad":
             raise OSError("unreadable")
         return slide_id
 
-    monkeypatch.setattr(extraction, "_plan_one", slow_plan)
+    monkeypatch.setattr(extraction, "_plan_one", gated_plan)
     summary = extraction.ExtractSummary()
-    start = time.perf_counter()
     chunks = extraction.planned_chunks([("a", "", None), ("b", "", None), ("bad", "", None), ("c", "", None)], extraction.ExtractConfig(), summary)
-    first = next(chunks)
-    assert first == ["a"] and time.perf_counter() - start < 0.5  # not after all four plans
-    time.sleep(0.8)  # "streaming" slide a: b, bad and c are planned meanwhile
+    release["a"].set()
+    assert next(chunks) == ["a"]  # out before b is even allowed to be planned
+    for slide in ("b", "bad", "c"):  # "streaming" slide a: the rest are planned meanwhile
+        release[slide].set()
+        assert planned[slide].wait(10)
     assert next(chunks) == ["b", "c"] and list(chunks) == []
     assert summary.failed == {"bad": "OSError: unreadable"}
-    assert all(name.startswith("persam-plan") for name in planned_in)
+    assert all(name.startswith("persam-plan") for name in threads)
+
+
+def test_no_reader_process_starts_while_a_slide_is_being_planned(monkeypatch):
+    """The planner holds the fork guard while it plans; starting the readers waits for it."""
+    import threading
+
+    from persam_lib.features import extract as extraction
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def slow_plan(slide_id, path, mpp, config):
+        inside.set()
+        assert leave.wait(10)
+        return slide_id
+
+    monkeypatch.setattr(extraction, "_plan_one", slow_plan)
+    guard = threading.Lock()
+    chunks = extraction.planned_chunks([("a", "", None)], extraction.ExtractConfig(), extraction.ExtractSummary(), guard)
+    consumer = threading.Thread(target=lambda: next(chunks))
+    consumer.start()
+    assert inside.wait(10)
+    assert not guard.acquire(blocking=False)  # a fork now would wait
+    leave.set()
+    consumer.join(10)
+    assert guard.acquire(timeout=10)
+    guard.release()

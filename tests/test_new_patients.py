@@ -26,16 +26,29 @@ def new(tiny_cohort, tiny_features, cohort_copy, tmp_path):
     return load_new_patients(chapter, cohort_copy / "manifest.yaml", tiny_features)
 
 
-def test_the_labels_are_withheld_in_a_copy_beside_the_manifest(cohort_copy):
+def test_the_labels_are_withheld_in_a_copy_in_the_work_folder(cohort_copy, tmp_path):
     cohort = load_manifest(cohort_copy / "manifest.yaml")
-    before = (cohort_copy / "clinical.csv").read_text()
-    copy = withheld_labels(cohort)
-    assert copy.name == "manifest.unlabelled.yaml" and copy.parent == cohort_copy
+    before = sorted(p.name for p in cohort_copy.iterdir())
+    copy = withheld_labels(cohort, tmp_path / "work" / "unlabelled")
+    assert copy.name == "manifest.unlabelled.yaml" and copy.parent == tmp_path / "work" / "unlabelled"
     unlabelled = load_manifest(copy)
     assert unlabelled.labelling == "unlabelled" and list(unlabelled.clinical.index) == list(cohort.clinical.index)
-    assert unlabelled.schema.names == cohort.schema.names
-    assert cohort.schema.label.column not in pd.read_csv(cohort_copy / yaml.safe_load(copy.read_text())["clinical"]).columns
-    assert (cohort_copy / "clinical.csv").read_text() == before  # the labelled table is untouched
+    assert unlabelled.schema.names == cohort.schema.names and list(unlabelled.slides["path"]) == list(cohort.slides["path"])
+    assert cohort.schema.label.column not in pd.read_csv(copy.parent / yaml.safe_load(copy.read_text())["clinical"]).columns
+    assert sorted(p.name for p in cohort_copy.iterdir()) == before  # nothing written beside the user's files
+
+
+def test_a_partly_labelled_cohort_is_scored_and_calibrated_on_its_labelled_patients(tiny_run, new, tmp_path):
+    table = pd.read_csv(new.cohort.manifest_path.parent / "clinical.csv", dtype=str, keep_default_na=False)
+    table.loc[[0, 1], new.cohort.schema.label.column] = ""
+    table.to_csv(new.cohort.manifest_path.parent / "clinical.csv", index=False)
+    chapter = setup_chapter(tmp_path / "w2", "", tiny_run.inputs["manifest"], new.features_dir)
+    partly = load_new_patients(chapter, new.cohort.manifest_path, new.features_dir)
+    assert partly.cohort.labelling == "partly labelled"
+    predictions = predict_cohort(tiny_run, partly.unlabelled, partly.features_dir)
+    check = calibration_check(tiny_run, predictions, partly)
+    assert check.table.loc[("new patients", "before"), "n"] == 6  # the two without a label are predicted, not scored
+    assert list(external_validation(tiny_run, predictions, partly)["n"]) == [8, 6]
 
 
 def test_new_patients_are_predicted_unlabelled_then_scored_and_calibrated(tiny_run, new):

@@ -52,7 +52,8 @@ def test_the_html_shows_the_original_and_keeps_the_others_hidden_until_clicked()
     assert html.count("<img ") == 6 and html.count(" hidden>") == 4
     first = html.split('src="data:image/jpeg;base64,')[1].split('"')[0]
     assert Image.open(io.BytesIO(base64.b64decode(first))).size[0] > 100
-    assert "<script>" in html and "http" not in html.replace("https://", "").split("<script>")[1]  # nothing fetched
+    script = html.split("<script>")[1]
+    assert "http://" not in script and "https://" not in script and "fetch(" not in script  # nothing fetched
     with pytest.raises(ValueError):
         WhatIfFigure([])
 
@@ -71,6 +72,13 @@ def test_the_browser_check_clicks_every_control_and_sees_each_overlay(tmp_path):
     assert checked.controls == 6  # three buttons on each of two slides, every one clicked
     assert report.line().startswith("browser: 1 page(s) loaded, 6 image(s), 6 control(s) clicked, 0 problem(s)")
     assert [p.name for p in checked.figure_shots] == ["whatif-index-1.png", "whatif-index-2.png"]
+
+    # a redirecting index: the figures are clicked once, on the page it shows, and an anchor to the stub resolves
+    write(site, "book/fig.html", page('<h1 id="top">What if</h1><p><a href="../index.html#top">top</a></p>' + WhatIfFigure([_slide()], "w").html()))
+    write(site, "index.html", '<meta http-equiv="Refresh" content="0; url=book/fig.html" />')
+    report = check_book(site, screenshot=tmp_path / "shots2" / "index.png", timeout=30)
+    assert [(p.page, p.controls, p.problems) for p in report.pages] == [("book/fig.html", 3, []), ("index.html", 0, [])]
+    assert [p.name for p in report.pages[0].figure_shots] == ["whatif-book-fig-1.png"]
     shot = Image.open(checked.figure_shots[0])
     assert shot.size[0] > 300 and len(np.unique(np.asarray(shot.convert("L")))) > 10  # the figure, drawn
 

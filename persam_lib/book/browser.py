@@ -144,7 +144,7 @@ def find_chromium() -> str | None:
 
 
 @contextmanager
-def book_browser(chromium: str) -> Iterator[Any]:
+def book_browser(chromium: str, timeout: float = 60.0) -> Iterator[Any]:
     """A Playwright browser context on ``chromium`` (this executable; never a downloaded one).
     Each tab `_Pages.open` makes lets only ``file:`` requests through."""
     try:
@@ -155,6 +155,7 @@ def book_browser(chromium: str) -> Iterator[Any]:
         browser = playwright.chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS), headless=True)
         try:
             context = browser.new_context(viewport={"width": SCREENSHOT_SIZE[0], "height": SCREENSHOT_SIZE[1]})
+            context.set_default_timeout(timeout * 1000)  # every click, read and screenshot, not only page loads
             yield context
         finally:
             browser.close()
@@ -209,7 +210,7 @@ class _Pages:
             return f"timed out after {self.timeout:g} s"
         except PlaywrightError as exc:
             return str(exc).splitlines()[0][:200]
-        self.ids[shown] = set(dom["ids"])
+        self.ids[shown] = self.ids[page] = set(dom["ids"])  # `index.html#x` finds the ids of the page it shows
         return _Snapshot(shown, dom, problems)
 
     def ids_of(self, page: str) -> set[str]:
@@ -230,7 +231,7 @@ def book_pages(html_dir: Path, chromium: str | None = None, timeout: float = 60.
     ``search.html`` and ``genindex.html`` are left out: they are Sphinx's, not the book's.
     """
     root = Path(html_dir).resolve()
-    with book_browser(_chromium_or_raise(chromium)) as context:
+    with book_browser(_chromium_or_raise(chromium), timeout) as context:
         return sorted(_crawl(_Pages(context, root, timeout), root, lambda page, tab, snap: None))
 
 
@@ -268,7 +269,7 @@ def check_book(html_dir: Path, screenshot: Path | None = None, pages: list[str] 
     an element with that id; each control of an interactive figure, clicked, must show its own
     overlay and only it. Problems are collected, not raised. With ``screenshot``, each interactive
     figure is also saved beside it after its first alteration was clicked
-    (``whatif-<page>-<n>.png``). ``timeout`` bounds each page load, in seconds.
+    (``whatif-<page path with dashes>-<n>.png``). ``timeout`` bounds each page load, in seconds.
 
     Raises FileNotFoundError when ``html_dir`` has no ``index.html`` (the book is not built) and
     RuntimeError when no Chromium can be found.
@@ -281,13 +282,15 @@ def check_book(html_dir: Path, screenshot: Path | None = None, pages: list[str] 
     gathered: dict[str, tuple[_Snapshot | str, int, list[str], list[Path]]] = {}
 
     def visit(page: str, tab: Any, snap: _Snapshot | str) -> None:
-        if isinstance(snap, _Snapshot):
-            clicked, problems, shots = check_figures(tab, page, shots_dir)
+        # a redirect stub shows another page of the book, whose own visit clicks its figures
+        own_visit_follows = isinstance(snap, _Snapshot) and snap.shown != page and (pages is None or snap.shown in pages)
+        if isinstance(snap, _Snapshot) and not own_visit_follows:
+            clicked, problems, shots = check_figures(tab, snap.shown, shots_dir)
         else:
             clicked, problems, shots = 0, [], []
         gathered[page] = (snap, clicked, problems, shots)
 
-    with book_browser(browser) as context:
+    with book_browser(browser, timeout) as context:
         opened = _Pages(context, root, timeout)
         if pages is None:
             _crawl(opened, root, visit)
@@ -346,39 +349,55 @@ def check_figures(tab: Any, page: str, shots_dir: Path | None = None) -> tuple[i
     the one shown before the click, its image must open, and the control must say it is pressed
     (``aria-pressed``).
     """
+    from playwright.sync_api import Error as PlaywrightError
+
     figures = tab.locator(FIGURE_SELECTOR)
     clicked, problems, shots = 0, [], []
     for k in range(figures.count()):
-        figure = figures.nth(k)
-        name = figure.get_attribute("id") or f"figure {k + 1}"
-        controls = figure.locator(CONTROL_SELECTOR)
-        n = controls.count()
-        if n < 2:
-            problems.append(f"interactive figure {name!r} has {n} control(s); it needs one per record, two at least")
-            continue
-        before = figure.evaluate(_VISIBLE_OVERLAYS_JS, OVERLAY_SELECTOR)
-        if len(before) != 1:
-            problems.append(f"interactive figure {name!r} shows {len(before)} overlays before any click (one expected)")
-        for i in [*range(1, n), 0]:
-            control = controls.nth(i)
-            label = control.inner_text().strip()
-            control.click()
-            clicked += 1
-            shown = figure.evaluate(_VISIBLE_OVERLAYS_JS, OVERLAY_SELECTOR)
-            if len(shown) != 1:
-                problems.append(f"interactive figure {name!r}: after clicking {label!r}, {len(shown)} overlays show (one expected)")
-            elif shown[0]["record"] != control.get_attribute("data-record"):
-                problems.append(f"interactive figure {name!r}: clicking {label!r} shows the overlay of another record ({shown[0]['record']!r})")
-            elif before and shown[0]["record"] == before[0]["record"]:
-                problems.append(f"interactive figure {name!r}: clicking {label!r} did not change the overlay")
-            elif (defect := _data_image_problem(shown[0]["src"]) if (shown[0]["src"] or "").startswith("data:") else None):
-                problems.append(f"interactive figure {name!r}: the overlay of {label!r}: {defect}")
-            if control.get_attribute("aria-pressed") != "true":
-                problems.append(f"interactive figure {name!r}: {label!r} does not show as pressed after its click")
-            if i == 1 and shots_dir is not None:
-                shots.append(_figure_shot(figure, shots_dir / f"whatif-{Path(page).stem}-{k + 1}.png"))
-            before = shown
+        try:
+            clicked += _check_figure(figures.nth(k), k, page, shots_dir, problems, shots)
+        except PlaywrightError as exc:  # a control that cannot be clicked (covered, gone) is a problem of the page, not the end of the check
+            problems.append(f"interactive figure {k + 1}: the browser could not work it ({str(exc).splitlines()[0][:200]})")
     return clicked, problems, shots
+
+
+def _check_figure(figure: Any, k: int, page: str, shots_dir: Path | None, problems: list[str], shots: list[Path]) -> int:
+    """`check_figures` for the ``k``-th figure of ``page``: the controls it clicked."""
+    clicked = 0
+    name = figure.get_attribute("id") or f"figure {k + 1}"
+    controls = figure.locator(CONTROL_SELECTOR)
+    n = controls.count()
+    if n < 2:
+        problems.append(f"interactive figure {name!r} has {n} control(s); it needs one per record, two at least")
+        return 0
+    before = figure.evaluate(_VISIBLE_OVERLAYS_JS, OVERLAY_SELECTOR)
+    if len(before) != 1:
+        problems.append(f"interactive figure {name!r} shows {len(before)} overlays before any click (one expected)")
+    for i in [*range(1, n), 0]:
+        control = controls.nth(i)
+        label = control.inner_text().strip()
+        control.click()
+        clicked += 1
+        shown = figure.evaluate(_VISIBLE_OVERLAYS_JS, OVERLAY_SELECTOR)
+        if len(shown) != 1:
+            problems.append(f"interactive figure {name!r}: after clicking {label!r}, {len(shown)} overlays show (one expected)")
+        elif shown[0]["record"] != control.get_attribute("data-record"):
+            problems.append(f"interactive figure {name!r}: clicking {label!r} shows the overlay of another record ({shown[0]['record']!r})")
+        elif before and shown[0]["record"] == before[0]["record"]:
+            problems.append(f"interactive figure {name!r}: clicking {label!r} did not change the overlay")
+        elif (defect := _data_image_problem(shown[0]["src"]) if (shown[0]["src"] or "").startswith("data:") else None):
+            problems.append(f"interactive figure {name!r}: the overlay of {label!r}: {defect}")
+        if control.get_attribute("aria-pressed") != "true":
+            problems.append(f"interactive figure {name!r}: {label!r} does not show as pressed after its click")
+        if i == 1 and shots_dir is not None:
+            shots.append(_figure_shot(figure, shots_dir / f"whatif-{_page_slug(page)}-{k + 1}.png"))
+        before = shown
+    return clicked
+
+
+def _page_slug(page: str) -> str:
+    """A file-name part for a page: ``book/executed/new_patients.html`` → ``book-executed-new_patients``."""
+    return Path(page).with_suffix("").as_posix().replace("/", "-")
 
 
 def _figure_shot(figure: Any, target: Path) -> Path:
@@ -403,11 +422,16 @@ def take_screenshot(pages: _Pages, target: Path) -> str | None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp.png", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    from playwright.sync_api import Error as PlaywrightError
+
     try:
         with pages.open("index.html") as (tab, snap):
             if not isinstance(snap, _Snapshot):
                 return f"the page did not render ({snap})"
-            tab.screenshot(path=str(tmp))
+            try:
+                tab.screenshot(path=str(tmp))
+            except PlaywrightError as exc:
+                return f"the browser took no screenshot ({str(exc).splitlines()[0][:200]})"
         problem = _screenshot_problem(tmp)
         os.replace(tmp, target)
         return problem

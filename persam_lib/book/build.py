@@ -251,8 +251,10 @@ def privacy_scan(html_dir: str | Path, manifests: Path | list[Path]) -> list[str
 def machine_paths(root: Path, work_dir: str | Path, overrides: dict[str, Any] | None = None) -> list[Path]:
     """The absolute folders a published page must never show: the project, the work folder, the
     folders of the cohort's inputs (manifest, features), the Python environment when it is a
-    virtual environment (a library's warning prints its file's path) and the user's home."""
-    found = [root, Path(work_dir).resolve(), Path.home()]
+    virtual environment (a library's warning prints its file's path) and the user's home (when it
+    is ``/home/<user>``-like)."""
+    home = Path.home()
+    found = [root, Path(work_dir).resolve()] + ([home] if len(home.parts) >= 3 else [])  # /home/<user> names the user; a bare /root or /app would match ordinary text
     if sys.prefix != sys.base_prefix:
         found.append(Path(sys.prefix).resolve())
     for name in ("manifest", "image_manifest", "features_dir", "new_manifest", "new_features"):

@@ -56,21 +56,31 @@ class NewPatients:
         return self.cohort.labelling != "unlabelled"
 
 
-def withheld_labels(cohort: Cohort) -> Path:
-    """An unlabelled copy of ``cohort``'s manifest beside it (``manifest.unlabelled.yaml``, whose
+def withheld_labels(cohort: Cohort, out_dir: Path) -> Path:
+    """An unlabelled copy of ``cohort``'s manifest in ``out_dir`` (``manifest.unlabelled.yaml``, whose
     clinical table has no label column), written atomically; its path. The copy is what a user
-    holds for new patients: the same fields, no label."""
+    holds for new patients: the same fields, no label. Nothing is written beside the cohort's own
+    files (a user's data folder may be read-only, and stays theirs): the copy names the cohort's
+    slide table and ground truth where they are."""
     manifest = Path(cohort.manifest_path)
     raw = yaml.safe_load(manifest.read_text())
-    clinical = manifest.parent / raw["clinical"]
-    table = pd.read_csv(clinical, dtype=str, keep_default_na=False)
+    table = pd.read_csv(manifest.parent / raw["clinical"], dtype=str, keep_default_na=False)
     table = table.drop(columns=[raw["label"]["column"]], errors="ignore")
-    unlabelled_csv = clinical.with_name(f"{clinical.stem}{UNLABELLED_SUFFIX}{clinical.suffix}")
-    write_text_atomic(unlabelled_csv, table.to_csv(index=False))
-    raw["clinical"] = unlabelled_csv.relative_to(manifest.parent).as_posix()
-    target = manifest.with_name(f"{manifest.stem}{UNLABELLED_SUFFIX}{manifest.suffix}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / f"clinical{UNLABELLED_SUFFIX}.csv", table.to_csv(index=False))
+    raw["clinical"] = f"clinical{UNLABELLED_SUFFIX}.csv"
+    for key in ("slides", "truth"):
+        if raw.get(key):
+            raw[key] = str((manifest.parent / str(raw[key])).resolve())
+    target = out_dir / f"manifest{UNLABELLED_SUFFIX}.yaml"
     write_text_atomic(target, yaml.safe_dump(raw, sort_keys=False))
     return target
+
+
+def labelled_patients(table: pd.DataFrame, cohort: Cohort) -> pd.DataFrame:
+    """The rows of a per-patient table whose patient has a label (a partly labelled cohort's
+    unlabelled patients are predicted, never scored)."""
+    return table[~table["patient_id"].isin(set(cohort.unlabelled))]
 
 
 def load_new_patients(chapter: Chapter, new_manifest: str | Path = "", new_features: str | Path = "", *, patients: int = 48, seed: int = 1, encoder: str = "stats") -> NewPatients:
@@ -97,7 +107,7 @@ def load_new_patients(chapter: Chapter, new_manifest: str | Path = "", new_featu
         features = ws.out.new_patients_dir / "features"
         summary = extract(cohort, features, ExtractConfig(encoder=encoder), progress=False)
         how = f"features extracted with the encoder `{encoder}` ({len(summary.written)} now, {len(summary.skipped)} found done, {len(summary.failed)} failed)"
-    unlabelled = load_manifest(withheld_labels(cohort)) if cohort.labelling != "unlabelled" else cohort
+    unlabelled = load_manifest(withheld_labels(cohort, ws.out.new_patients_dir / "unlabelled")) if cohort.labelling != "unlabelled" else cohort
     new_chapter = replace(chapter, cohort=cohort, truth=load_truth(cohort), names=Pseudonyms.for_cohort(cohort))
     line = Markdown(f"**New patients**: {len(cohort.clinical)} patients ({len(cohort.slides)} {cohort.sample_name}s) from {where}; {how}. "
                     f"Their labels are withheld for prediction: the model reads `{Path(unlabelled.manifest_path).name}`, a copy without the label column.")
@@ -142,8 +152,8 @@ def calibration_check(run: Run, predictions: Predictions, new: NewPatients) -> C
     stores it for `persam predict`) and measure ECE and Brier before and after it on both sets."""
     fitted = calibrate_run(run, store=False)
     sets = {"training cohort, out of fold": out_of_fold(run)}
-    if new.labelled:
-        table = by_patient(predictions)
+    table = labelled_patients(by_patient(predictions), new.cohort)
+    if len(table):
         labels = new.cohort.labels().loc[table["patient_id"]].to_numpy()
         sets["new patients"] = (labels, table[[f"prob_{c}" for c in predictions.classes]].to_numpy())
     rows, curves = [], {}
@@ -229,7 +239,7 @@ def new_patient_results(run: Run, predictions: Predictions, new: NewPatients, ch
     external = score(predictions, new.cohort)
     if external is not None:
         out |= {"external_balanced_accuracy": float(external["balanced_accuracy"]), "external_auroc": float(external["auroc"])}
-        y_probs = by_patient(predictions)
+        y_probs = labelled_patients(by_patient(predictions), new.cohort)
         y = new.cohort.labels().loc[y_probs["patient_id"]].to_numpy()
         probs = y_probs[[f"prob_{c}" for c in predictions.classes]].to_numpy()
         out |= {"external_ece_before": expected_calibration_error(y, probs), "external_ece_after": expected_calibration_error(y, scaled(probs, check.fitted.temperature))}

@@ -14,6 +14,8 @@ through all layers; equal to ``attention`` for models with one attention step) a
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +83,7 @@ def explain_run(run: Run, cohort: Cohort, features_dir: str | Path | None, alter
     if config.per_class and not MODEL_INFO[run.config.model].class_maps:
         raise ValueError(f"--per-class needs a model with one attention map per class ({', '.join(class_map_models())}); {run.path} holds a {run.config.model} run")
     device = Distributed().device(config.device)  # "auto": CUDA when present
-    folds = run.folds if is_run_cohort(run, cohort) else run.folds.iloc[:0]  # another cohort's "P0001" is not the run's patient
+    folds = run_patients(run, cohort)
     records = cohort.records()
     numeric = numeric_targets(cohort.schema, records, config.quantiles) if alterations is None else {}
     attention_parts, prediction_rows = [], []
@@ -117,6 +119,22 @@ def is_run_cohort(run: Run, cohort: Cohort) -> bool:
     if not trained or cohort.manifest_path is None:
         return True
     return Path(trained).resolve() == Path(cohort.manifest_path).resolve()
+
+
+def run_patients(run: Run, cohort: Cohort) -> pd.Series:
+    """The run's folds (patient → fold) of the patients of ``cohort`` that are the run's: all of
+    them on the run's own cohort, none on another (`is_run_cohort`), with a warning when the other
+    cohort shares patient ids with the run (a moved copy of the run's own cohort would be explained
+    as new patients, by models that trained on them)."""
+    folds = run.folds
+    if is_run_cohort(run, cohort):
+        return folds
+    shared = sorted(set(map(str, cohort.clinical.index)) & set(map(str, folds.index)))
+    if shared:
+        warnings.warn(f"{cohort.manifest_path} is not the manifest {run.path} was trained on ({run.inputs.get('manifest')}), but {len(shared)} of its patient ids "
+                      f"are the run's (first: {', '.join(shared[:3])}): they are explained as new patients, by every fold model. If this is the run's "
+                      "cohort moved elsewhere, explain it from its original manifest, or each patient's map comes from models that trained on it.", stacklevel=3)
+    return folds.iloc[:0]
 
 
 def models_for(patient_id: str, folds: pd.Series, finished: list[int], fold: int | None) -> list[int]:

@@ -170,9 +170,13 @@ class Attributions:
 
 
 def attribute_run(run: Run, cohort: Cohort, features_dir: str | Path | None, slides: list[str] | None = None, *, background_size: int = 16, steps: int = 32, seed: int = 0, progress: bool = True) -> Attributions:
-    """IG and SHAP for every slide (or ``slides``), each with the fold model that did not train on its patient."""
+    """IG and SHAP for every slide (or ``slides``), each with the fold model that did not train on its
+    patient; a patient the run never saw (`run_patients`: on any cohort but the run's own) with the
+    first fold's model, as integrated gradients attribute one model's output."""
+    from persam_lib.explain.attention import run_patients
+
     check_run_matches(run, cohort)
-    folds = run.folds
+    folds = run_patients(run, cohort)
     records = cohort.records()
     schema = cohort.schema
     table = cohort.slides if slides is None else cohort.slides[cohort.slides["slide_id"].isin(slides)]

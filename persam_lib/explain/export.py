@@ -116,7 +116,7 @@ def write_overlay(attention: pd.DataFrame, slide_id: str, record: str, level0: t
 
 def export_slides(run, cohort, features_dir: str | Path | None, slides: list[str] | None, fmt: str, out_dir: str | Path, *, fold: int | None = None, pseudonyms: bool = False) -> list[Path]:
     """What `persam export` does: explain ``slides`` of ``cohort`` (default: all) with ``run`` (the
-    fold ensemble for new patients, or ``fold``) and write, inside ``out_dir``, one GeoJSON per
+    fold ensemble for new patients, or ``fold``; ``slides=None`` is every slide) and write, inside ``out_dir``, one GeoJSON per
     slide (``fmt="geojson"``) or one TIFF overlay per slide and record (``<slide>/<record>.tiff``);
     files are named by the slide's pseudonym with ``pseudonyms``. Returns the files written."""
     from dataclasses import replace
@@ -131,7 +131,9 @@ def export_slides(run, cohort, features_dir: str | Path | None, slides: list[str
     if cohort.modality != "slides":
         raise ValueError(f"{cohort.manifest_path}: export writes slide overlays (GeoJSON tiles, TIFF at the slide's level 0); this is a cohort of {cohort.modality}")
     known = list(cohort.slides["slide_id"])
-    chosen = list(slides) if slides else known
+    chosen = known if slides is None else list(slides)
+    if not chosen:
+        raise ValueError(f"no slide to export from {cohort.manifest_path}: name one with --slides, or leave it out for every slide")
     unknown = [s for s in chosen if s not in set(known)]
     if unknown:
         raise ValueError(f"--slides names slide(s) not in {cohort.manifest_path}: {', '.join(unknown)}")

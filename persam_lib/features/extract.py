@@ -15,6 +15,7 @@ run with one clear error, keeping what was finished.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -170,8 +171,9 @@ def extract(cohort: Cohort, out_dir: str | Path, config: ExtractConfig = Extract
         settings, todo, summary = prepare_run(cohort, out_dir, config, overwrite=overwrite)
         bar = tqdm(total=len(todo), desc="extract", unit="slide", disable=not progress)
         try:
-            for chunk in planned_chunks(todo, config, summary):  # slide k+1 is planned while slide k streams
-                _encode_and_write(chunk, encoder, config, settings, out_dir, summary, progress, bar)
+            fork_guard = threading.Lock()
+            for chunk in planned_chunks(todo, config, summary, fork_guard):  # slide k+1 is planned while slide k streams
+                _encode_and_write(chunk, encoder, config, settings, out_dir, summary, progress, bar, fork_guard)
             bar.update(len(todo) - bar.n)  # the slides that failed before streaming
         except (WriteStopped, ReaderKilledError):
             _write_failures_if_possible(out_dir, summary)
@@ -209,15 +211,23 @@ def _plan_one(slide_id: str, path: str, mpp: float | None, config: ExtractConfig
         return plan_slide(reader, slide_id, config, mpp)
 
 
-def planned_chunks(todo: list[tuple[str, str, float | None]], config: ExtractConfig, summary: ExtractSummary) -> Iterator[list[SlidePlan]]:
+def planned_chunks(todo: list[tuple[str, str, float | None]], config: ExtractConfig, summary: ExtractSummary, fork_guard: threading.Lock | None = None) -> Iterator[list[SlidePlan]]:
     """The slides' plans (tissue mask and patch grid), in slide order, made by one background
     thread while the caller streams the plans it already has: each chunk is every plan finished
     by the time the caller asks for more (one at least), so planning overlaps reading and encoding
     instead of running serially before them. A slide whose planning fails is recorded in
-    ``summary.failed`` and the others go on."""
+    ``summary.failed`` and the others go on. Each plan holds ``fork_guard`` while it runs: the
+    caller takes it to start reader processes, so no process is forked while the planner thread is
+    inside a slide library (a lock it held would be held forever in the child)."""
+    guard = fork_guard or threading.Lock()
+
+    def guarded(slide_id: str, path: str, mpp: float | None) -> SlidePlan:
+        with guard:
+            return _plan_one(slide_id, path, mpp, config)
+
     planner = ThreadPoolExecutor(1, thread_name_prefix="persam-plan")
     try:
-        pending = deque((slide_id, planner.submit(_plan_one, slide_id, path, mpp, config)) for slide_id, path, mpp in todo)
+        pending = deque((slide_id, planner.submit(guarded, slide_id, path, mpp)) for slide_id, path, mpp in todo)
         while pending:
             chunk: list[SlidePlan] = []
             while pending and (not chunk or pending[0][1].done()):
@@ -232,7 +242,8 @@ def planned_chunks(todo: list[tuple[str, str, float | None]], config: ExtractCon
         planner.shutdown(wait=True, cancel_futures=True)  # a stopped run plans no further slide
 
 
-def _encode_and_write(plans: list[SlidePlan], encoder: Encoder, config: ExtractConfig, settings: dict, out_dir: Path, summary: ExtractSummary, progress: bool, bar: tqdm | None = None) -> None:
+def _encode_and_write(plans: list[SlidePlan], encoder: Encoder, config: ExtractConfig, settings: dict, out_dir: Path, summary: ExtractSummary, progress: bool, bar: tqdm | None = None,
+                      fork_guard: threading.Lock | None = None) -> None:
     """Read every planned patch (in reader workers), encode batch by batch, write each slide when its last patch is in."""
     workers = config.workers() if len(plans) else 0
     loader = DataLoader(PatchDataset(plans, config.reader_backend), batch_size=config.batch_size, num_workers=workers, collate_fn=_collate, worker_init_fn=reader_worker_init() if workers else None)
@@ -242,7 +253,8 @@ def _encode_and_write(plans: list[SlidePlan], encoder: Encoder, config: ExtractC
     own_bar = bar is None
     bar = bar if bar is not None else tqdm(total=len(plans), desc="extract", unit="slide", disable=not progress)
     slide_bar = tqdm(total=len(plans[0].coords) if plans else 0, desc=plans[0].slide_id if plans else "", unit="patch", position=1, leave=False, disable=not progress)
-    batches = iter(loader)
+    with fork_guard or threading.Lock():  # the reader processes start here: not while a slide is being planned
+        batches = iter(loader)
     try:
         for slide_idx, pixels, batch_errors in batches:
             ok = np.array([e is None for e in batch_errors])

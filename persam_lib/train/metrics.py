@@ -5,6 +5,9 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
 
+BOOTSTRAP_BLOCK = 100  # resamples scored at once
+
+
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Mean recall over the classes present in ``y_true`` (scikit-learn's definition).
 
@@ -43,10 +46,11 @@ def bootstrap_ci(y_true: np.ndarray, probs: np.ndarray, metric: str, n_boot: int
     ys = y_true[picks]
     usable = (ys != ys[:, :1]).any(1)  # two classes at least
     ys, picks = ys[usable], picks[usable]
-    if metric == "balanced_accuracy":
-        stats = balanced_accuracy_rows(ys, probs.argmax(1)[picks])
-    else:
-        stats = macro_auroc_rows(ys, probs[picks], probs.shape[1])
+    parts = []
+    for start in range(0, len(picks), BOOTSTRAP_BLOCK):  # a block of resamples at a time: memory stays small for large cohorts
+        block, y_block = picks[start : start + BOOTSTRAP_BLOCK], ys[start : start + BOOTSTRAP_BLOCK]
+        parts.append(balanced_accuracy_rows(y_block, probs.argmax(1)[block]) if metric == "balanced_accuracy" else macro_auroc_rows(y_block, probs[block], probs.shape[1]))
+    stats = np.concatenate(parts) if parts else np.zeros(0)
     stats = stats[np.isfinite(stats)]
     alpha = (1 - level) / 2
     low, high = (np.quantile(stats, [alpha, 1 - alpha]) if len(stats) else (float("nan"), float("nan")))
