@@ -75,3 +75,27 @@ def test_the_ablation_trains_each_variant_on_the_same_folds(tiny_cohort_dir, tin
     assert v1.config.model_settings.class_token_reads == "all" and v1.folds.equals(pair[1]["persam"].folds)
     assert paper.config.attention_loss_weight == 0.0 and paper.config.label_smoothing == 0.05 and paper.config.subbag_size == 8  # given: kept; the rest from the recipe
     assert isinstance(comparison_table(compared), pd.DataFrame)
+
+
+def test_every_run_of_the_chapter_trains_in_one_pool_slowest_first_and_is_then_found_done(tiny_cohort_dir, tiny_features, tmp_path, monkeypatch):
+    """`train_chapter_runs` trains the comparison's models and the ablation's variants together
+    (persam_paper first); `compare_models` and `ablation` then reuse those runs untouched."""
+    import persam_lib.book.persam_comparison as comparison
+    from persam_lib.train.run import compare_models
+
+    variants = {"v1": ("class token reads every token", {"class_token_reads": "all"}), "paper": ("persam_paper, no loss", {"model": "persam_paper", "attention_loss_weight": 0.0})}
+    seen: list[str] = []
+    real = comparison.train_variants
+    monkeypatch.setattr(comparison, "train_variants", lambda cohort, features, out, configs, **kw: (seen.extend(configs), real(cohort, features, out, configs, **kw))[1])
+    chapter = setup_chapter(tmp_path, "", tiny_cohort_dir / "manifest.yaml")
+    base = TrainConfig.of(n_folds=2, epochs=2, patience=2, val_fraction=0.25, d_model=16, n_heads=2)
+    runs_dir = tmp_path / "runs"
+    comparison.train_chapter_runs(chapter, tiny_features, runs_dir, ["abmil", "persam_paper", "persam"], base, variants=variants)
+    assert seen[0] == "persam_paper" and seen[1] == "ablation/paper" and set(seen) == {"abmil", "persam_paper", "persam", "ablation/v1", "ablation/paper"}
+    stamps = {p: p.stat().st_mtime_ns for p in runs_dir.rglob("checkpoint.pt")}
+    assert len(stamps) == 5 * 2  # every run, both folds
+    compare_models(chapter.cohort, tiny_features, runs_dir, ["abmil", "persam_paper", "persam"], base, progress=False)
+    from persam_lib.train.run import Run
+
+    comparison.ablation(chapter, tiny_features, runs_dir / "ablation", base, Run(runs_dir / "persam"), variants)
+    assert {p: p.stat().st_mtime_ns for p in runs_dir.rglob("checkpoint.pt")} == stamps  # found finished, not trained again

@@ -86,14 +86,42 @@ def explained_row(name: str, run: Run, chapter: Chapter, features_dir: str | Pat
     return row, explanation, report
 
 
+def ablation_configs(base: TrainConfig, variants: dict[str, tuple[str, dict]] = ABLATION) -> dict[str, TrainConfig]:
+    """Each variant's training configuration: ``base`` changed by its options, with the recipe of
+    its model for every option neither ``base`` nor the variant sets."""
+    given = {name for name, value in base.to_dict().items() if value != TrainConfig().to_dict()[name]}  # what ``base`` sets (epochs, folds, seed)
+    return {folder: with_recipe(with_overrides(base, options), given | set(options)) for folder, (_, options) in variants.items()}
+
+
+# The slowest models first, so two workers end together (the published PersAM's quadratic attention
+# and its 50 sub-bags at validation make it several times the others' cost).
+SLOW_FIRST = {"persam_paper": 0, "chexradinet": 1, "transmil": 2}
+
+
+def train_chapter_runs(chapter: Chapter, features_dir: str | Path | None, runs_dir: str | Path, models: list[str], base: TrainConfig, *, ablation: bool = True, workers: int = 1,
+                       variants: dict[str, tuple[str, dict]] = ABLATION) -> None:
+    """Train, in one pool of ``workers`` processes, every run the Models chapter shows: each model of
+    the comparison (`comparison_configs`, as `compare_models` trains it, into ``runs_dir/<model>``)
+    and, with ``ablation`` (and ground truth and a ``persam`` to ablate), each ablation variant
+    (`ablation_configs`, into ``runs_dir/ablation/<folder>``), slowest first. The chapter's
+    `compare_models` and `ablation` then find them finished (runs resume), so the same runs come
+    out; one pool instead of two lets the two workers share the whole load."""
+    from persam_lib.train.run import comparison_configs
+
+    configs = comparison_configs(base, list(dict.fromkeys(models)), chapter.cohort.input_kind)
+    if ablation and chapter.truth is not None and "persam" in configs:
+        configs |= {f"ablation/{folder}": config for folder, config in ablation_configs(base, variants).items()}
+    ordered = dict(sorted(configs.items(), key=lambda item: SLOW_FIRST.get(item[1].model, len(SLOW_FIRST))))
+    train_variants(chapter.cohort, features_dir, runs_dir, ordered, workers=workers, progress=False)
+
+
 def ablation(
     chapter: Chapter, features_dir: str | Path | None, out_dir: str | Path, base: TrainConfig, default: Run, variants: dict[str, tuple[str, dict]] = ABLATION, *, workers: int = 1
 ) -> PersamComparison:
     """``default`` (the chapter's run of ``base``) beside ``base`` changed by each variant's options
     (flat names, as ``--set`` takes them), trained on identical folds into ``out_dir/<folder>``
     (resumable), each explained (`explained_row`); rows are named by the variants' labels."""
-    given = {name for name, value in base.to_dict().items() if value != TrainConfig().to_dict()[name]}  # what ``base`` sets (epochs, folds, seed)
-    configs = {folder: with_recipe(with_overrides(base, options), given | set(options)) for folder, (_, options) in variants.items()}
+    configs = ablation_configs(base, variants)
     runs = train_variants(chapter.cohort, features_dir, out_dir, configs, workers=workers, progress=False)
     compared = compare_persams(chapter, {"default": default} | runs, features_dir)
     labels = {"default": "default"} | {folder: label for folder, (label, _) in variants.items()}
