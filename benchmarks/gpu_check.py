@@ -211,9 +211,8 @@ def ddp_step(plan: Plan) -> list[CheckRow]:
         return [CheckRow("DDP", "two-process training step", f"needs two GPUs ({torch.cuda.device_count()} here)", "skipped")]
     import torch.multiprocessing as mp
 
-    with _free_port() as port:
-        results = mp.get_context("spawn").SimpleQueue()
-        mp.start_processes(_ddp_worker, args=(2, plan.ddp_backend, port, results), nprocs=2, start_method="spawn", join=True)
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_ddp_worker, args=(2, plan.ddp_backend, _free_port(), results), nprocs=2, start_method="spawn", join=True)
     sums = [results.get() for _ in range(2)]
     same = abs(sums[0] - sums[1]) <= 1e-4 * max(1.0, abs(sums[0]))
     return [CheckRow("DDP", f"two-process training step ({plan.ddp_backend})", f"weights after the step: {sums[0]:.6f} / {sums[1]:.6f}", "ok" if same else "failed")]
@@ -248,18 +247,13 @@ def _ddp_worker(rank: int, world: int, backend: str, port: int, results) -> None
         dist.destroy_process_group()
 
 
-class _free_port:
+def _free_port() -> int:
     """A free local TCP port for the process group's rendezvous."""
+    import socket
 
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 PARTS: tuple[tuple[str, Callable[[Plan], list[CheckRow]]], ...] = (

@@ -22,14 +22,14 @@ import yaml
 from IPython.display import Markdown
 from matplotlib.figure import Figure
 
-from persam_lib.book.chapter import Chapter
+from persam_lib.book.chapter import Chapter, published_location
 from persam_lib.book.privacy import Pseudonyms
 from persam_lib.cohort.manifest import Cohort, load_manifest
 from persam_lib.cohort.truth import load_truth
 from persam_lib.io.atomic import write_text_atomic
 from persam_lib.plots.tables import with_intervals
 from persam_lib.predict.calibration import Calibration, brier_score, calibrate_run, expected_calibration_error, out_of_fold, reliability, scaled, with_ci
-from persam_lib.predict.ensemble import Predictions, by_patient, predict_cohort, score
+from persam_lib.predict.ensemble import Predictions, by_patient, labelled_outcomes, predict_cohort, score
 from persam_lib.train.run import Run
 
 EXTERNAL_FIRST_ID = 1001  # the demo's external cohort: patients P1001…, so no id is one of the training cohort's
@@ -75,12 +75,6 @@ def withheld_labels(cohort: Cohort, out_dir: Path) -> Path:
     target = out_dir / f"manifest{UNLABELLED_SUFFIX}.yaml"
     write_text_atomic(target, yaml.safe_dump(raw, sort_keys=False))
     return target
-
-
-def labelled_patients(table: pd.DataFrame, cohort: Cohort) -> pd.DataFrame:
-    """The rows of a per-patient table whose patient has a label (a partly labelled cohort's
-    unlabelled patients are predicted, never scored)."""
-    return table[~table["patient_id"].isin(set(cohort.unlabelled))]
 
 
 def load_new_patients(chapter: Chapter, new_manifest: str | Path = "", new_features: str | Path = "", *, patients: int = 48, seed: int = 1, encoder: str = "stats") -> NewPatients:
@@ -152,10 +146,9 @@ def calibration_check(run: Run, predictions: Predictions, new: NewPatients) -> C
     stores it for `persam predict`) and measure ECE and Brier before and after it on both sets."""
     fitted = calibrate_run(run, store=False)
     sets = {"training cohort, out of fold": out_of_fold(run)}
-    table = labelled_patients(by_patient(predictions), new.cohort)
-    if len(table):
-        labels = new.cohort.labels().loc[table["patient_id"]].to_numpy()
-        sets["new patients"] = (labels, table[[f"prob_{c}" for c in predictions.classes]].to_numpy())
+    outcomes = labelled_outcomes(predictions, new.cohort)
+    if outcomes is not None:
+        sets["new patients"] = outcomes
     rows, curves = [], {}
     for name, (y, probs) in sets.items():
         after = scaled(probs, fitted.temperature)
@@ -205,8 +198,7 @@ def export_for_review(run: Run, new: NewPatients, slides: list[str], out_dir: Pa
 def commands(run: Run, new: NewPatients) -> Markdown:
     """The CLI commands that do what this chapter did, with the chapter's own folders (as seen
     from the project, never a machine path)."""
-    shown = lambda p: _seen(Path(p))  # noqa: E731
-    run_dir, unlabelled, labelled, features = shown(run.path), shown(new.unlabelled.manifest_path), shown(new.cohort.manifest_path), shown(new.features_dir)
+    run_dir, unlabelled, labelled, features = (published_location(str(p)) for p in (run.path, new.unlabelled.manifest_path, new.cohort.manifest_path, new.features_dir))
     return Markdown(f"""```bash
 # score the new patients (labels optional) with the fold ensemble; --fold K for one model, --model final for the model fitted on everyone
 persam predict {run_dir} --manifest {unlabelled} --features {features} --out predictions.csv
@@ -222,14 +214,6 @@ persam export {run_dir} --manifest {unlabelled} --features {features} --format t
 ```""")
 
 
-def _seen(path: Path) -> str:
-    """``path`` relative to the working folder (the project, when the book is built), else its name."""
-    try:
-        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return Path(path).name
-
-
 def new_patient_results(run: Run, predictions: Predictions, new: NewPatients, check: CalibrationCheck, report) -> dict[str, float]:
     """The numbers the chapter publishes: external balanced accuracy and AUROC, ECE before and after
     on the new patients, and the attention mass on the diagnostic region under the original record."""
@@ -239,9 +223,7 @@ def new_patient_results(run: Run, predictions: Predictions, new: NewPatients, ch
     external = score(predictions, new.cohort)
     if external is not None:
         out |= {"external_balanced_accuracy": float(external["balanced_accuracy"]), "external_auroc": float(external["auroc"])}
-        y_probs = labelled_patients(by_patient(predictions), new.cohort)
-        y = new.cohort.labels().loc[y_probs["patient_id"]].to_numpy()
-        probs = y_probs[[f"prob_{c}" for c in predictions.classes]].to_numpy()
+        y, probs = labelled_outcomes(predictions, new.cohort)
         out |= {"external_ece_before": expected_calibration_error(y, probs), "external_ece_after": expected_calibration_error(y, scaled(probs, check.fitted.temperature))}
     if report.truth is not None and len(report.truth):
         out["external_mass_diagnostic"] = float(own_truth_row(report)["mass_diagnostic"])

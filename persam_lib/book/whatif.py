@@ -20,12 +20,19 @@ import html
 import io
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from matplotlib import pyplot as plt
 
 from persam_lib.explain.records import ORIGINAL, field_of
 from persam_lib.plots.figures import attention_heatmap
+
+if TYPE_CHECKING:  # the chapter's types, for the signature only (sections imports much of the library)
+    from persam_lib.book.chapter import Chapter
+    from persam_lib.book.sections import Examples
+    from persam_lib.explain.attention import Explanation
 
 FIGURE_CLASS = "persam-whatif"
 CONTROL_CLASS = "persam-whatif-control"
@@ -151,7 +158,7 @@ def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", text) or "whatif"
 
 
-def whatif_figure(chapter, examples, explanation, shift, figure_id: str = "whatif") -> WhatIfFigure:
+def whatif_figure(chapter: Chapter, examples: Examples, explanation: Explanation, shift: pd.DataFrame, figure_id: str = "whatif") -> WhatIfFigure:
     """The figure for a chapter's example slides (`persam_lib.book.sections.Examples`) from one
     model's ``explanation`` and its attention-shift table: the deciding field is `field_to_show`'s
     (the ground truth's, else the field that moves attention most), the null field the first of

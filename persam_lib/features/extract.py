@@ -242,18 +242,16 @@ def planned_chunks(todo: list[tuple[str, str, float | None]], config: ExtractCon
         planner.shutdown(wait=True, cancel_futures=True)  # a stopped run plans no further slide
 
 
-def _encode_and_write(plans: list[SlidePlan], encoder: Encoder, config: ExtractConfig, settings: dict, out_dir: Path, summary: ExtractSummary, progress: bool, bar: tqdm | None = None,
-                      fork_guard: threading.Lock | None = None) -> None:
+def _encode_and_write(plans: list[SlidePlan], encoder: Encoder, config: ExtractConfig, settings: dict, out_dir: Path, summary: ExtractSummary, progress: bool, bar: tqdm,
+                      fork_guard: threading.Lock) -> None:
     """Read every planned patch (in reader workers), encode batch by batch, write each slide when its last patch is in."""
     workers = config.workers() if len(plans) else 0
     loader = DataLoader(PatchDataset(plans, config.reader_backend), batch_size=config.batch_size, num_workers=workers, collate_fn=_collate, worker_init_fn=reader_worker_init() if workers else None)
     remaining = {i: len(p.coords) for i, p in enumerate(plans)}
     chunks: dict[int, list[np.ndarray]] = {i: [] for i in remaining}
     errors: dict[int, str] = {}
-    own_bar = bar is None
-    bar = bar if bar is not None else tqdm(total=len(plans), desc="extract", unit="slide", disable=not progress)
     slide_bar = tqdm(total=len(plans[0].coords) if plans else 0, desc=plans[0].slide_id if plans else "", unit="patch", position=1, leave=False, disable=not progress)
-    with fork_guard or threading.Lock():  # the reader processes start here: not while a slide is being planned
+    with fork_guard:  # the reader processes start here: not while a slide is being planned
         batches = iter(loader)
     try:
         for slide_idx, pixels, batch_errors in batches:
@@ -281,8 +279,6 @@ def _encode_and_write(plans: list[SlidePlan], encoder: Encoder, config: ExtractC
         if shutdown is not None:  # the other readers stop now, not when the iterator is collected
             shutdown()
         slide_bar.close()
-        if own_bar:
-            bar.close()
 
 
 def _write_failures_if_possible(out_dir: Path, summary: ExtractSummary) -> None:

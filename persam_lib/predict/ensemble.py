@@ -142,14 +142,20 @@ def by_patient(predictions: Predictions) -> pd.DataFrame:
     return table
 
 
-def score(predictions: Predictions, cohort: Cohort, seed: int = 0) -> dict | None:
-    """The training metrics (balanced accuracy, AUROC, F1 per class, confusion, with bootstrap CIs)
-    of the labelled patients' predictions; None when the cohort has no label."""
+def labelled_outcomes(predictions: Predictions, cohort: Cohort) -> tuple[np.ndarray, np.ndarray] | None:
+    """The labelled patients' labels (class indices) and mean probabilities (one row per patient,
+    `by_patient`); a partly labelled cohort's other patients are predicted, never scored. None when
+    no patient has a label."""
     table = by_patient(predictions)
     labelled = table[~table["patient_id"].isin(set(cohort.unlabelled))]
     if labelled.empty:
         return None
-    y = cohort.labels().loc[labelled["patient_id"]].to_numpy()
-    probs = labelled[[f"prob_{c}" for c in predictions.classes]].to_numpy()
-    return summarise(y, probs, seed=seed, classes=predictions.classes)
+    return cohort.labels().loc[labelled["patient_id"]].to_numpy(), labelled[[f"prob_{c}" for c in predictions.classes]].to_numpy()
+
+
+def score(predictions: Predictions, cohort: Cohort, seed: int = 0) -> dict | None:
+    """The training metrics (balanced accuracy, AUROC, F1 per class, confusion, with bootstrap CIs)
+    of the labelled patients' predictions; None when the cohort has no label."""
+    outcomes = labelled_outcomes(predictions, cohort)
+    return None if outcomes is None else summarise(*outcomes, seed=seed, classes=predictions.classes)
 
