@@ -123,6 +123,34 @@ def test_radiomics_describe_the_region():
     assert (radiomics(image, np.zeros((20, 20), bool)) == 0).all()
 
 
+def test_chexradinet_region_radiomics_of_a_batch_equal_the_reference_bag_by_bag():
+    """The slide form describes each bag's top patches by attention: batched, padded bags give what
+    `radiomics` gives on each bag's own grid and region (the top round(fraction · n) patches)."""
+    import numpy as np
+
+    from persam_lib.models.radiomics import radiomics
+
+    model = create_model("chexradinet", CONFIG)
+    generator = torch.Generator().manual_seed(0)
+    b, n, h, w = 3, 12, 4, 5
+    index = torch.stack([torch.randperm(h * w, generator=generator)[:n] for _ in range(b)])
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[1, 7:] = False  # a shorter bag, padded
+    mask[2] = False  # an empty bag
+    index = torch.where(mask, index, h * w)
+    attention = torch.rand(b, n, generator=generator) * mask
+    intensity = torch.rand(b, h, w, generator=generator) * 3
+    got = model._region_radiomics(attention, index, mask, intensity).numpy()
+    for i in range(b):
+        real = int(mask[i].sum())
+        region = np.zeros(h * w, dtype=bool)
+        if real:
+            top = torch.topk(attention[i, :real], max(int(round(model.region_fraction * real)), 1)).indices
+            region[index[i, top].numpy()] = True
+        np.testing.assert_allclose(got[i], radiomics(intensity[i].numpy(), region.reshape(h, w)), rtol=1e-4, atol=1e-5)
+    assert (got[2] == 0).all() and got[0, -1] != 0
+
+
 def test_chexradinet_iterations_change_the_output():
     from dataclasses import replace
 

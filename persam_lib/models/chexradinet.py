@@ -15,7 +15,6 @@ placed on their grid, with radiomics of the feature map's mean as the grey-level
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -23,7 +22,7 @@ from persam_lib.models.layers import patch_embedding
 from persam_lib.models.base import Batch, ModelConfig, ModelOutput, masked_softmax, single_attention_output
 from persam_lib.models.cnn import ConvBackbone, cells_to_tokens, require_images
 from persam_lib.models.grid import gather_from_grid, scatter_to_grid
-from persam_lib.models.radiomics import N_FEATURES, radiomics, radiomics_batch
+from persam_lib.models.radiomics import N_FEATURES, radiomics_batch
 
 
 class AttentionGate(nn.Module):
@@ -105,19 +104,17 @@ class ChexRadiNet(nn.Module):
         return single_attention_output(self.guidance.classify(pooled, guidance), attention).expand(batch.n_rows)  # the record cannot change it
 
     def _region_radiomics(self, attention: torch.Tensor, index: torch.Tensor, mask: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
-        """Radiomics of the top ``region_fraction`` of each bag's patches by attention."""
+        """Radiomics of the top ``region_fraction`` of each bag's patches by attention, for the whole
+        batch at once (`radiomics_batch`, on the model's device); a bag without patches gets zeros."""
         b, h, w = intensity.shape
-        out = np.zeros((b, N_FEATURES), dtype=np.float32)
-        for i in range(b):
-            n = int(mask[i].sum())
-            if n == 0:
-                continue
-            k = max(int(round(self.region_fraction * n)), 1)
-            top = torch.topk(attention[i, :n], k).indices
-            region = np.zeros(h * w + 1, dtype=bool)
-            region[index[i, top].cpu().numpy()] = True
-            out[i] = radiomics(intensity[i].cpu().numpy(), region[: h * w].reshape(h, w))
-        return torch.from_numpy(out).to(attention.device)
+        n = mask.sum(1)  # (B,) real patches, first in each row
+        k = torch.where(n > 0, (self.region_fraction * n.to(torch.float64)).round().clamp_min(1), 0).long()
+        scores = attention.masked_fill(~mask, float("-inf"))
+        rank = torch.empty_like(index).scatter_(1, scores.argsort(dim=1, descending=True, stable=True), torch.arange(index.shape[1], device=index.device).expand_as(index))
+        chosen = rank < k[:, None]
+        region = torch.zeros(b, h * w + 1, dtype=torch.bool, device=intensity.device)
+        region.scatter_(1, torch.where(chosen, index, h * w), True)  # unchosen patches go to the spare cell
+        return radiomics_batch(intensity, region[:, : h * w].reshape(b, h, w)).to(attention.device)
 
 
 class ChexRadiNetImage(nn.Module):

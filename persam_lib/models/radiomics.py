@@ -52,26 +52,41 @@ _OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1))  # (row, column) of angles 0, 45, 9
 def radiomics_batch(images: torch.Tensor, regions: torch.Tensor, levels: int = 16) -> torch.Tensor:
     """`radiomics` of a batch, vectorised in torch (float32) on the images' device: images (B, H, W)
     real, regions (B, H, W) bool → (B, N_FEATURES) float32, equal to `radiomics` image by image up
-    to float32 rounding (the numpy version is the reference it is tested against). No host round trip, so a model on a GPU
-    computes its radiomics there."""
+    to float32 rounding (the numpy version is the reference it is tested against). No host round
+    trip, so a model on a GPU computes its radiomics there.
+
+    The first-order statistics are computed on the region's values alone, gathered into one row per
+    image (padded to the largest region), and the grey-level co-occurrences are counted with one
+    `torch.bincount` per angle over codes (level of a pixel, level of its neighbour; 0 outside the
+    region): on a model's region of a fifth of the image this is several times cheaper than
+    masking whole images, which matters because ChexRadiNet computes it at every step.
+    """
     x = images.float()
     region = regions.bool()
     b, h, w = x.shape
-    n = region.flatten(1).sum(1)  # (B,)
+    device = x.device
+    flat_region = region.reshape(b, h * w)
+    n = flat_region.sum(1)  # (B,)
     has = n > 0
     count = n.clamp_min(1).to(x.dtype)
-    inside = torch.where(region, x, torch.zeros_like(x))
-    mean = inside.flatten(1).sum(1) / count
-    centred_raw = torch.where(region, x - mean[:, None, None], torch.zeros_like(x)).flatten(1)
+    width = max(int(n.max()), 1) if b else 1
+    rows, cols = flat_region.nonzero(as_tuple=True)  # row-major: each image's region pixels in order
+    slot = torch.arange(rows.numel(), device=device) - (torch.cumsum(n, 0) - n)[rows]  # position within its image
+    big = torch.finfo(x.dtype).max
+    values = torch.full((b, width), big, dtype=x.dtype, device=device)
+    values[rows, slot] = x.reshape(b, h * w)[rows, cols]
+    valid = torch.arange(width, device=device)[None, :] < n[:, None]  # (B, width)
+    ordered = values.sort(1).values  # the padding (the largest float) sorts last
+    zero = torch.zeros((), dtype=x.dtype, device=device)
+    lo = torch.where(has, ordered[:, 0], zero)
+    hi = torch.where(has, ordered.gather(1, (n - 1).clamp_min(0)[:, None])[:, 0], zero)
+    inside = torch.where(valid, values, zero)
+    mean = inside.sum(1) / count
+    centred_raw = torch.where(valid, values - mean[:, None], zero)
     std = (centred_raw.pow(2).sum(1) / count).sqrt()
     centred = centred_raw / (std[:, None] + 1e-8)
     skewness = centred.pow(3).sum(1) / count
     kurtosis = centred.pow(4).sum(1) / count - 3
-    big = torch.finfo(x.dtype).max
-    lo = torch.where(region, x, torch.full_like(x, big)).flatten(1).amin(1)
-    hi = torch.where(region, x, torch.full_like(x, -big)).flatten(1).amax(1)
-    lo, hi = torch.where(has, lo, 0.0), torch.where(has, hi, 0.0)
-    ordered = torch.where(region, x, torch.full_like(x, big)).flatten(1).sort(1).values  # region values first
 
     def quantile(q: float) -> torch.Tensor:  # numpy's "linear" method on each image's own values
         position = q * (count - 1)
@@ -80,39 +95,44 @@ def radiomics_batch(images: torch.Tensor, regions: torch.Tensor, levels: int = 1
         low, high = ordered.gather(1, below[:, None])[:, 0], ordered.gather(1, above[:, None])[:, 0]
         return low + (high - low) * (position - below)
 
-    span = (hi - lo)[:, None, None]
+    span = hi - lo
     flat = span == 0
-    bins = torch.where(flat, torch.full_like(x, levels // 2), ((x - lo[:, None, None]) / torch.where(flat, 1.0, span) * levels).floor().clamp(0, levels - 1))
-    hist = torch.zeros(b, levels, dtype=x.dtype, device=x.device).scatter_add_(1, bins.long().flatten(1), region.flatten(1).to(x.dtype))
-    p = hist / count[:, None]
+    scaled = (inside - lo[:, None]) / torch.where(flat, 1.0, span)[:, None]  # in [0, 1] on the region
+    bins = torch.where(flat[:, None], float(levels // 2), (scaled * levels).floor().clamp(0, levels - 1)).long()
+    image_index = torch.arange(b, device=device)[:, None]
+    hist = torch.bincount((image_index * (levels + 1) + torch.where(valid, bins, levels)).reshape(-1), minlength=b * (levels + 1)).view(b, levels + 1)[:, :levels]
+    p = hist.to(x.dtype) / count[:, None]
     entropy = -torch.where(p > 0, p * torch.log2(p.clamp_min(1e-30)), torch.zeros_like(p)).sum(1)
-    first = torch.stack([mean, std, skewness, kurtosis, quantile(0.1), quantile(0.9), entropy, region.flatten(1).to(x.dtype).mean(1)], dim=1)
+    first = torch.stack([mean, std, skewness, kurtosis, quantile(0.1), quantile(0.9), entropy, n.to(x.dtype) / (h * w)], dim=1)
 
-    grey = torch.where(flat, torch.zeros_like(x), ((x - lo[:, None, None]) / torch.where(flat, 1.0, span) * (levels - 1)).round().clamp(0, levels - 1) + 1)
-    grey = torch.where(region, grey, torch.zeros_like(grey)).long()  # level 0: outside the region
-    ii, jj = torch.meshgrid(torch.arange(levels, device=x.device, dtype=x.dtype), torch.arange(levels, device=x.device, dtype=x.dtype), indexing="ij")
-    texture = torch.zeros(b, 4, dtype=x.dtype, device=x.device)
-    any_pairs = torch.zeros(b, dtype=torch.bool, device=x.device)
+    grey_values = torch.where(flat[:, None], 0.0, (scaled * (levels - 1)).round().clamp(0, levels - 1) + 1).long()
+    side = levels + 1
+    grey = torch.zeros(b, h * w, dtype=torch.int32, device=device)  # level 0: outside the region
+    grey[rows, cols] = grey_values[rows, slot].to(torch.int32)
+    grey = grey.view(b, h, w)
+    first_code = grey * side + (image_index[:, :, None] * (side * side)).to(torch.int32)  # (image, level) of each pixel
+    counts = []
     for dr, dc in _OFFSETS:
-        a = grey[:, : h - dr, max(0, -dc) : w - max(0, dc)]
+        a = first_code[:, : h - dr, max(0, -dc) : w - max(0, dc)]
         c = grey[:, dr:, max(0, dc) : w - max(0, -dc) if dc < 0 else w]
-        valid = (a > 0) & (c > 0)
-        pair = ((a - 1) * levels + (c - 1)).clamp_min(0)
-        counts = torch.zeros(b, levels * levels, dtype=x.dtype, device=x.device).scatter_add_(1, pair.flatten(1), valid.flatten(1).to(x.dtype)).view(b, levels, levels)
-        counts = counts + counts.transpose(1, 2)  # symmetric
-        total = counts.sum((1, 2))
-        any_pairs |= total > 0
-        prob = counts / total.clamp_min(1e-12)[:, None, None]
-        contrast = (prob * (ii - jj) ** 2).sum((1, 2))
-        homogeneity = (prob / (1 + (ii - jj) ** 2)).sum((1, 2))
-        energy = prob.pow(2).sum((1, 2)).sqrt()
-        mean_i, mean_j = (prob * ii).sum((1, 2)), (prob * jj).sum((1, 2))
-        di, dj = ii - mean_i[:, None, None], jj - mean_j[:, None, None]
-        std_i, std_j = (prob * di**2).sum((1, 2)).sqrt(), (prob * dj**2).sum((1, 2)).sqrt()
-        degenerate = (std_i < 1e-15) | (std_j < 1e-15)
-        correlation = torch.where(degenerate, 1.0, (prob * di * dj).sum((1, 2)) / torch.where(degenerate, 1.0, std_i * std_j))
-        texture += torch.stack([contrast, homogeneity, energy, correlation], dim=1) / 4
-    flat_texture = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=x.dtype, device=x.device)
+        codes = a + c  # (image, level, neighbour's level)
+        counts.append(torch.bincount(codes.reshape(-1), minlength=b * side * side).view(b, side, side)[:, 1:, 1:])
+    pairs = torch.stack(counts, 1).to(x.dtype)  # (B, 4 angles, L, L); pairs with a pixel outside are dropped
+    pairs = pairs + pairs.transpose(2, 3)  # symmetric
+    total = pairs.sum((2, 3))  # (B, 4)
+    any_pairs = (total > 0).any(1)
+    prob = pairs / total.clamp_min(1e-12)[:, :, None, None]
+    ii, jj = torch.meshgrid(torch.arange(levels, device=device, dtype=x.dtype), torch.arange(levels, device=device, dtype=x.dtype), indexing="ij")
+    contrast = (prob * (ii - jj) ** 2).sum((2, 3))
+    homogeneity = (prob / (1 + (ii - jj) ** 2)).sum((2, 3))
+    energy = prob.pow(2).sum((2, 3)).sqrt()
+    mean_i, mean_j = (prob * ii).sum((2, 3)), (prob * jj).sum((2, 3))
+    di, dj = ii - mean_i[..., None, None], jj - mean_j[..., None, None]
+    std_i, std_j = (prob * di**2).sum((2, 3)).sqrt(), (prob * dj**2).sum((2, 3)).sqrt()
+    degenerate = (std_i < 1e-15) | (std_j < 1e-15)
+    correlation = torch.where(degenerate, 1.0, (prob * di * dj).sum((2, 3)) / torch.where(degenerate, 1.0, std_i * std_j))
+    texture = torch.stack([contrast, homogeneity, energy, correlation], dim=2).mean(1)  # (B, 4 properties), averaged over angles
+    flat_texture = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=x.dtype, device=device)
     texture = torch.where(any_pairs[:, None], texture, flat_texture)
     out = torch.cat([first, texture], dim=1)
     return torch.where(has[:, None], out, torch.zeros_like(out)).float()
