@@ -261,7 +261,10 @@ def _book(args: argparse.Namespace) -> int:
                 print(f"persam book: error: {value} does not exist; give the {'manifest.yaml of your cohort' if name == 'manifest' else 'folder of feature files'}", file=sys.stderr)
                 return 2
             overrides[name] = str(value.resolve())
-    report = make_book(root, args.work, overrides or None, strict=args.strict, browser_check=not args.no_browser_check)
+    if args.jobs < 1:
+        print(f"persam book: error: --jobs must be 1 or more, got {args.jobs}", file=sys.stderr)
+        return 2
+    report = make_book(root, args.work, overrides or None, strict=args.strict, browser_check=not args.no_browser_check, jobs=args.jobs)
     print(report.line())
     if report.build_returncode == 0:
         print(f"Open {root / '_build' / 'html' / 'index.html'}")
@@ -467,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="jupyter-book -W -n: warnings are errors")
     p.add_argument("--no-browser-check", action="store_true", help="skip opening the built book in headless Chromium")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a parameter for every notebook that declares it, e.g. --set epochs=3 (value read as YAML)")
+    p.add_argument("--jobs", type=int, default=2, help="chapters executed at once where book/notebooks.yaml allows it (its 'after:'); 1: one after another")
     p.set_defaults(func=_book)
 
     p = sub.add_parser("sweep", help="execute notebooks over a grid of parameters (papermill), resumable, one folder per point")

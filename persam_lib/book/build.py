@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ class NotebookSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     needs: str = ""  # on your cohort (``manifest`` set), the parameter this chapter needs, else it is left out
     because: str = ""  # why it needs it, for the message
+    after: tuple[str, ...] = ()  # the chapters it runs after (it reads what they made): `read_notebook_specs` fills it
 
     def left_out_because(self, overrides: dict[str, Any]) -> str:
         """Why this chapter does not belong in a book built with ``overrides`` ("" = it does): a
@@ -62,12 +64,15 @@ class BookReport:
     browser: str = ""  # the browser check's summary line, when it ran
     browser_ok: bool = True
     stages: dict[str, float] = field(default_factory=dict)  # after the chapters: "html", "privacy scan", "browser check" -> seconds
+    chapters_s: float | None = None  # wall-clock seconds of executing the chapters (less than their sum when some ran at once)
 
     def times(self) -> dict[str, Any]:
-        """Each chapter's and stage's seconds and their total: what `make_book` records in
+        """Each chapter's and stage's seconds, the chapters' wall-clock time (``chapters_s``;
+        chapters that run at once overlap) and the total: what `make_book` records in
         ``_build/book_times.json`` and prints, so a slow chapter is found without a profiler."""
+        chapters = self.chapters_s if self.chapters_s is not None else sum(self.executed.values()) + 0.0
         return {"chapters": {k: round(v, 1) for k, v in self.executed.items()}, "stages": {k: round(v, 1) for k, v in self.stages.items()},
-                "total_s": round(sum(self.executed.values()) + sum(self.stages.values()), 1)}
+                "chapters_s": round(chapters, 1), "total_s": round(chapters + sum(self.stages.values()), 1)}
 
     @property
     def ok(self) -> bool:
@@ -99,17 +104,29 @@ def read_notebook_specs(project_root: str | Path) -> list[NotebookSpec]:
         if not source.is_file():
             raise ValueError(f"{path}: notebook entry {i + 1} ('{entry['name']}'): {source} does not exist")
         own = entry.get("on_your_cohort") or {}
-        specs.append(NotebookSpec(str(entry["name"]), source, dict(entry.get("parameters") or {}), str(own.get("needs", "")), str(own.get("because", ""))))
+        earlier = tuple(spec.name for spec in specs)
+        after = entry.get("after", list(earlier))
+        if not isinstance(after, list) or any(name not in earlier for name in after):
+            raise ValueError(f"{path}: notebook entry {i + 1} ('{entry['name']}'): 'after' must list chapters above it ({', '.join(earlier) or 'none'}); got {after!r}")
+        specs.append(NotebookSpec(str(entry["name"]), source, dict(entry.get("parameters") or {}), str(own.get("needs", "")), str(own.get("because", "")), tuple(str(a) for a in after)))
     return specs
 
 
-def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, only: list[str] | None = None) -> BookReport:
-    """Execute the book's notebooks in order into ``book/executed/``; failures are collected, not raised.
+def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, only: list[str] | None = None, jobs: int = 1) -> BookReport:
+    """Execute the book's notebooks into ``book/executed/``; failures are collected, not raised.
 
     ``overrides`` are given to every notebook that declares the parameter (others ignore them).
+    Up to ``jobs`` notebooks run at once: a notebook starts when the chapters it runs ``after``
+    have finished (`read_notebook_specs`: by default every chapter above it, so the order of
+    ``book/notebooks.yaml`` holds unless an entry says otherwise), the first such in that order
+    first. With several at once each kernel gets the cores' share of threads (`_kernel_threads`),
+    so two chapters computing at once do not fight over the same cores. A failed chapter counts
+    as finished: the chapters after it run, and fail on their own if they needed what it made.
     """
-    import papermill as pm
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
     root = Path(project_root).resolve()
     specs = read_notebook_specs(root)
     declared = {spec.name: declared_parameters(spec.source) for spec in specs}  # each notebook read once
@@ -117,6 +134,7 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
     out_dir = root / "book" / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BookReport()
+    todo = []
     for spec in specs:
         if only and spec.name not in only:
             continue
@@ -127,26 +145,75 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
                 stale.unlink(missing_ok=True)
             print(f"[persam book] {spec.name} left out: {reason}", flush=True)
             continue
-        parameters = {**spec.parameters, "work_dir": str(Path(work_dir).resolve()), **{k: v for k, v in (overrides or {}).items() if k in declared[spec.name]}}
-        parameters = {k: seen_from(root, v) if k in PATH_PARAMETERS else v for k, v in parameters.items()}
-        target = out_dir / f"{spec.name}.ipynb"
-        tmp = out_dir / f".{spec.name}.running.ipynb"
-        start = time.perf_counter()
-        print(f"[persam book] executing {spec.source.relative_to(root)} -> {target.relative_to(root)}", flush=True)
-        try:
-            pm.execute_notebook(str(spec.source), str(tmp), parameters=parameters, kernel_name="python3", cwd=str(root), progress_bar=False, log_output=False)
-            os.replace(tmp, target)
-            report.executed[spec.name] = time.perf_counter() - start
-            print(f"[persam book] {spec.name} done in {report.executed[spec.name]:.0f} s", flush=True)
-        except Exception as err:  # papermill raises PapermillExecutionError with the failing cell
-            report.failed[spec.name] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
-            if tmp.exists():
-                os.replace(tmp, target)  # keep the partly executed notebook: the book shows the error
-            print(f"[persam book] FAILED {spec.name}: {report.failed[spec.name]}", flush=True)
-        if target.exists():
-            relative_papermill_paths(target, root)
-            write_sidecar(target)
+        todo.append(spec)
+    waiting_on = {spec.name for spec in todo}  # chapters not run in this build are not waited for
+    start = time.perf_counter()
+    with _kernel_threads(jobs), ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[Any, str] = {}
+        while todo or running:
+            for spec in [s for s in todo if not waiting_on.intersection(s.after)][: jobs - len(running)]:
+                todo.remove(spec)
+                running[pool.submit(_execute_one, spec, root, out_dir, work_dir, overrides or {}, declared[spec.name])] = spec.name
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                seconds, error = future.result()
+                if error:
+                    report.failed[name] = error
+                else:
+                    report.executed[name] = seconds
+                waiting_on.discard(name)
+    report.chapters_s = time.perf_counter() - start
     return report
+
+
+def _execute_one(spec: NotebookSpec, root: Path, out_dir: Path, work_dir: str | Path, overrides: dict[str, Any], declared: set[str]) -> tuple[float, str]:
+    """Execute one notebook into ``out_dir/<name>.ipynb`` (atomically; a failed one is kept, so the
+    book shows the error) with its record beside it. Returns (seconds, "" or why it failed)."""
+    import papermill as pm
+
+    parameters = {**spec.parameters, "work_dir": str(Path(work_dir).resolve()), **{k: v for k, v in overrides.items() if k in declared}}
+    parameters = {k: seen_from(root, v) if k in PATH_PARAMETERS else v for k, v in parameters.items()}
+    target = out_dir / f"{spec.name}.ipynb"
+    tmp = out_dir / f".{spec.name}.running.ipynb"
+    start = time.perf_counter()
+    print(f"[persam book] executing {spec.source.relative_to(root)} -> {target.relative_to(root)}", flush=True)
+    error = ""
+    try:
+        pm.execute_notebook(str(spec.source), str(tmp), parameters=parameters, kernel_name="python3", cwd=str(root), progress_bar=False, log_output=False)
+        os.replace(tmp, target)
+        print(f"[persam book] {spec.name} done in {time.perf_counter() - start:.0f} s", flush=True)
+    except Exception as err:  # papermill raises PapermillExecutionError with the failing cell
+        error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+        if tmp.exists():
+            os.replace(tmp, target)  # keep the partly executed notebook: the book shows the error
+        print(f"[persam book] FAILED {spec.name}: {error}", flush=True)
+    seconds = time.perf_counter() - start
+    if target.exists():
+        relative_papermill_paths(target, root)
+        write_sidecar(target)
+    return seconds, error
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextmanager
+def _kernel_threads(jobs: int):
+    """While ``jobs`` > 1 notebooks run at once, the kernels started meanwhile get
+    ``cores // jobs`` threads each (OpenMP and MKL, which torch and numpy read when they start),
+    unless the user set them: threads that outnumber the cores spin-wait on each other. The
+    variables are restored afterwards."""
+    if jobs <= 1 or any(name in os.environ for name in THREAD_VARIABLES):
+        yield
+        return
+    share = str(max(1, (os.cpu_count() or 1) // jobs))
+    os.environ.update({name: share for name in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for name in THREAD_VARIABLES:
+            os.environ.pop(name, None)
 
 
 def relative_papermill_paths(notebook: Path, root: Path) -> None:
@@ -265,13 +332,14 @@ def machine_paths(root: Path, work_dir: str | Path, overrides: dict[str, Any] | 
     return list(dict.fromkeys(found))
 
 
-def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, strict: bool = False, browser_check: bool = True) -> BookReport:
-    """Execute all notebooks, build the HTML book into ``_build/html``, scan it for leaks and, where
-    Chromium is installed (and ``browser_check``), open it in a browser and save a screenshot."""
+def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[str, Any] | None = None, *, strict: bool = False, browser_check: bool = True, jobs: int = 2) -> BookReport:
+    """Execute all notebooks (up to ``jobs`` at once, `execute_notebooks`), build the HTML book
+    into ``_build/html``, scan it for leaks and, where Chromium is installed (and
+    ``browser_check``), open it in a browser and save a screenshot."""
     from persam_lib.io.atomic import write_json_atomic
 
     root = Path(project_root).resolve()
-    report = execute_notebooks(root, work_dir, overrides)
+    report = execute_notebooks(root, work_dir, overrides, jobs=jobs)
     start = time.perf_counter()
     report.build_returncode = build_html(root, strict=strict, left_out=tuple(report.left_out))
     report.stages["html"] = time.perf_counter() - start
@@ -299,5 +367,5 @@ def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[st
     times = report.times()
     write_json_atomic(root / "_build" / "book_times.json", times)
     shown = ", ".join(f"{k} {v:.0f} s" for k, v in {**times["chapters"], **times["stages"]}.items())
-    print(f"[persam book] times: {shown}; total {times['total_s']:.0f} s (_build/book_times.json)", flush=True)
+    print(f"[persam book] times: {shown}; chapters {times['chapters_s']:.0f} s, total {times['total_s']:.0f} s (_build/book_times.json)", flush=True)
     return report
