@@ -143,7 +143,7 @@ def execute_notebooks(project_root: str | Path, work_dir: str | Path, overrides:
             report.left_out[spec.name] = reason
             for stale in (out_dir / f"{spec.name}.ipynb", out_dir / f"{spec.name}.results.json"):  # a previous build's copy must not be published
                 stale.unlink(missing_ok=True)
-            print(f"[persam book] {spec.name} left out: {reason}", flush=True)
+            _say(f"{spec.name} left out: {reason}")
             continue
         todo.append(spec)
     waiting_on = {spec.name for spec in todo}  # chapters not run in this build are not waited for
@@ -177,22 +177,28 @@ def _execute_one(spec: NotebookSpec, root: Path, out_dir: Path, work_dir: str | 
     target = out_dir / f"{spec.name}.ipynb"
     tmp = out_dir / f".{spec.name}.running.ipynb"
     start = time.perf_counter()
-    print(f"[persam book] executing {spec.source.relative_to(root)} -> {target.relative_to(root)}", flush=True)
+    _say(f"executing {spec.source.relative_to(root)} -> {target.relative_to(root)}")
     error = ""
     try:
         pm.execute_notebook(str(spec.source), str(tmp), parameters=parameters, kernel_name="python3", cwd=str(root), progress_bar=False, log_output=False)
         os.replace(tmp, target)
-        print(f"[persam book] {spec.name} done in {time.perf_counter() - start:.0f} s", flush=True)
+        _say(f"{spec.name} done in {time.perf_counter() - start:.0f} s")
     except Exception as err:  # papermill raises PapermillExecutionError with the failing cell
         error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
         if tmp.exists():
             os.replace(tmp, target)  # keep the partly executed notebook: the book shows the error
-        print(f"[persam book] FAILED {spec.name}: {error}", flush=True)
+        _say(f"FAILED {spec.name}: {error}")
     seconds = time.perf_counter() - start
     if target.exists():
         relative_papermill_paths(target, root)
         write_sidecar(target)
     return seconds, error
+
+
+def _say(message: str) -> None:
+    """One line of the build's log, written whole (chapters running at once do not interleave it)."""
+    sys.stdout.write(f"[persam book] {message}\n")
+    sys.stdout.flush()
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")

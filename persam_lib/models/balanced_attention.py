@@ -31,11 +31,6 @@ def class_token_mask(n_patches: int, n_record: int, n_classes: int, device: torc
     return mask
 
 
-def _group_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension restricted to ``allowed`` keys (zero elsewhere; all-blocked rows are zero)."""
-    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
-
-
 def balanced_softmax(scores: torch.Tensor, n_patches: int, n_record: int, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Balanced attention weights (B, H, T, T) from raw scores (B, H, T, T) (masks already added).
 
@@ -43,24 +38,31 @@ def balanced_softmax(scores: torch.Tensor, n_patches: int, n_record: int, patch_
     softmax_g(m_g), where m_g is the group's mean score over its allowed keys (for the class group,
     its maximum). Each query's weights sum to 1. Padded patches (``patch_mask`` False) get no
     weight and do not enter the patch group's mean.
+
+    A blocked key is one whose score is −inf; the softmax of a group gives it no weight as it is, so
+    the (B, H, T, T) tensor is masked once, not per group (this runs in every layer of every step).
     """
     b, _, _, t = scores.shape
-    groups = (slice(0, n_patches), slice(n_patches, n_patches + n_record), slice(n_patches + n_record, t))
-    finite = torch.isfinite(scores)
+    if patch_mask is not None and not bool(patch_mask.all()):  # padded patch keys: blocked like any other key
+        blocked = torch.zeros(b, 1, 1, t, dtype=torch.bool, device=scores.device)
+        blocked[:, 0, 0, :n_patches] = ~patch_mask
+        scores = scores.masked_fill(blocked, float("-inf"))
+    allowed = scores > float("-inf")  # False for blocked keys (and NaN)
+    zeroed = torch.where(allowed, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
+    groups = [part for part in (slice(0, n_patches), slice(n_patches, n_patches + n_record), slice(n_patches + n_record, t)) if part.stop > part.start]
     weights, summaries = [], []
-    for g, part in enumerate(groups):
+    for part in groups:
         s = scores[..., part]
-        allowed = finite[..., part]
-        if g == 0 and patch_mask is not None:
-            allowed = allowed & patch_mask[:, None, None, :]
-        count = allowed.sum(-1, keepdim=True)
-        if g == 2:  # class keys: the release takes the maximum (other class tokens are masked out)
-            summary = s.masked_fill(~allowed, float("-inf")).amax(-1, keepdim=True)
+        count = allowed[..., part].sum(-1, keepdim=True)
+        if part.stop == t:  # class keys: the release takes the maximum (other class tokens are masked out)
+            summary = s.amax(-1, keepdim=True)
         else:
-            summary = s.masked_fill(~allowed, 0.0).sum(-1, keepdim=True) / count.clamp_min(1)
-        summaries.append(summary.masked_fill(count == 0, float("-inf")))  # an empty group gets no share
-        weights.append(_group_softmax(s, allowed))
-    shares = torch.softmax(torch.cat(summaries, dim=-1), dim=-1)  # (B, H, T, 3)
+            summary = zeroed[..., part].sum(-1, keepdim=True) / count.clamp_min(1)
+        empty = count == 0
+        summaries.append(summary.masked_fill(empty, float("-inf")))  # an empty group gets no share
+        w = torch.softmax(s, dim=-1)
+        weights.append(w.masked_fill(empty, 0.0) if bool(empty.any()) else w)  # all-blocked rows: zero, not NaN
+    shares = torch.softmax(torch.cat(summaries, dim=-1), dim=-1)  # (B, H, T, groups)
     return torch.cat([w * shares[..., g : g + 1] for g, w in enumerate(weights)], dim=-1)
 
 
