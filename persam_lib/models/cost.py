@@ -2,7 +2,7 @@
 
 The book's comparison of the two PersAMs and the benchmarks (`make bench`) measure the same way:
 one synthetic bag of ``n`` patches with a four-field record, one forward and backward pass and an
-AdamW step. Time is the fastest of a few rounds after a warm-up (load from other tenants inflates
+AdamW step (fused, as in training). Time is the fastest of a few rounds after a warm-up (load from other tenants inflates
 the slower ones). Peak memory is measured in a worker process of its own, since a process's peak
 resident size only grows: on CPU the peak resident size after set-up (Linux: reset through
 /proc/self/clear_refs, so one worker measures one spec after another), on CUDA the peak allocated.
@@ -37,14 +37,16 @@ class StepSpec:
 
 
 def training_step(spec: StepSpec) -> Callable[[], None]:
-    """A function that runs one training step of ``spec`` (bf16 autocast on CUDA)."""
+    """A function that runs one training step of ``spec`` (bf16 autocast on CUDA), with the
+    optimiser training uses (`persam_lib.train.loop.make_optimiser`: AdamW as one fused kernel)."""
     from persam_lib.models import create_model
+    from persam_lib.train.loop import TrainConfig, make_optimiser
 
     torch.manual_seed(0)
     device = torch.device(spec.device)
     config = ModelConfig.from_settings(spec.settings, feature_dim=spec.feature_dim, n_classes=spec.n_classes, field_cardinalities=RECORD_CARDINALITIES)
     model = create_model(spec.model, config).to(device).train()
-    optimiser = torch.optim.AdamW(model.parameters())
+    optimiser = make_optimiser(model, TrainConfig())
     n = spec.n_patches
     side = int(n**0.5) + 1
     index = torch.arange(n)
