@@ -135,12 +135,16 @@ def model_steps(plan: Plan) -> list[CheckRow]:
 
 
 def model_memory(plan: Plan) -> list[CheckRow]:
-    """Peak memory of two training steps, each model and size in a fresh process."""
-    from persam_lib.models.cost import StepSpec, peak_memory_mb
+    """Peak memory of two training steps of each model and size, measured one after another in one
+    worker process (`peak_memories_mb`; a new one after running out of memory), smallest bags first."""
+    from persam_lib.models.cost import StepSpec, peak_memories_mb
 
+    models = ("persam", "abmil")
+    sizes = sorted(plan.memory_sizes)
+    measured = iter(peak_memories_mb([StepSpec(m, n, device=plan.device) for n in sizes for m in models]))
     rows = []
-    for n in plan.memory_sizes:
-        peaks = {m: peak_memory_mb(StepSpec(m, n, device=plan.device)) for m in ("persam", "abmil")}
+    for n in sizes:
+        peaks = {m: next(measured) for m in models}
         shown = " / ".join("out of memory" if v is None else f"{v:,.0f}" for v in peaks.values())
         rows.append(CheckRow("PersAM vs ABMIL memory", f"N={n:,}: peak MB, PersAM / ABMIL", shown, "ok" if peaks["persam"] is not None else "failed"))
     return rows
@@ -151,7 +155,6 @@ def big_bag(plan: Plan) -> list[CheckRow]:
     from persam_lib.models.cost import StepSpec, fastest_seconds, training_step
 
     step = training_step(StepSpec("persam", plan.big_bag, device=plan.device))
-    step()
     return [CheckRow("large bag", f"PersAM training step, {plan.big_bag:,} patches", f"{fastest_seconds(step, rounds=2) * 1000:.0f} ms")]
 
 
@@ -163,7 +166,6 @@ def paper_steps(plan: Plan) -> list[CheckRow]:
     for n in plan.paper_sizes:
         try:
             step = training_step(StepSpec("persam_paper", n, device=plan.device))
-            step()
             rows.append(CheckRow("persam_paper", f"N={n:,}: training step", f"{fastest_seconds(step, rounds=2) * 1000:.0f} ms"))
         except torch.OutOfMemoryError:
             rows.append(CheckRow("persam_paper", f"N={n:,}: training step", "does not fit (out of memory)", "skipped"))

@@ -70,7 +70,7 @@ class BookReport:
         """Each chapter's and stage's seconds, the chapters' wall-clock time (``chapters_s``;
         chapters that run at once overlap) and the total: what `make_book` records in
         ``_build/book_times.json`` and prints, so a slow chapter is found without a profiler."""
-        chapters = self.chapters_s if self.chapters_s is not None else sum(self.executed.values()) + 0.0
+        chapters = self.chapters_s if self.chapters_s is not None else sum(self.executed.values())
         return {"chapters": {k: round(v, 1) for k, v in self.executed.items()}, "stages": {k: round(v, 1) for k, v in self.stages.items()},
                 "chapters_s": round(chapters, 1), "total_s": round(chapters + sum(self.stages.values()), 1)}
 
@@ -316,7 +316,7 @@ def privacy_scan(html_dir: str | Path, manifests: Path | list[Path]) -> list[str
             continue
         leaks, short = scan_for_leaks(html_dir, load_manifest(manifest, check_files=False))
         if short:
-            print(f"[persam book] privacy scan: {len(short)} id(s)/value(s) of {manifest} shorter than 4 characters cannot be told from ordinary text and were not scanned", flush=True)
+            _say(f"privacy scan: {len(short)} id(s)/value(s) of {manifest} shorter than 4 characters cannot be told from ordinary text and were not scanned")
         found += [str(leak) for leak in leaks]
     return list(dict.fromkeys(found))  # a value shared by two cohorts is one finding
 
@@ -355,7 +355,7 @@ def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[st
         report.leaks = privacy_scan(html, book_cohort_manifests(work_dir, overrides)) + [str(leak) for leak in scan_for_paths(html, machine_paths(root, work_dir, overrides))]
         report.stages["privacy scan"] = time.perf_counter() - start
         for leak in report.leaks:
-            print(f"[persam book] privacy: {leak}", flush=True)
+            _say(f"privacy: {leak}")
         if browser_check:
             from persam_lib.book.browser import check_book, find_chromium
 
@@ -364,14 +364,14 @@ def make_book(project_root: str | Path, work_dir: str | Path, overrides: dict[st
                 result = check_book(html, screenshot=root / "_build" / "screenshots" / "index.png")
                 report.stages["browser check"] = time.perf_counter() - start
                 report.browser, report.browser_ok = result.line(), result.ok
-                print(f"[persam book] {result.line()}", flush=True)
+                _say(result.line())
                 for page in result.pages:
                     for problem in page.problems:
-                        print(f"[persam book] browser: {problem}", flush=True)
+                        _say(f"browser: {problem}")
             else:
-                print("[persam book] browser check skipped: no Chromium (apt-get install chromium, or make test installs it)", flush=True)
+                _say("browser check skipped: no Chromium (apt-get install chromium, or make test installs it)")
     times = report.times()
     write_json_atomic(root / "_build" / "book_times.json", times)
     shown = ", ".join(f"{k} {v:.0f} s" for k, v in {**times["chapters"], **times["stages"]}.items())
-    print(f"[persam book] times: {shown}; chapters {times['chapters_s']:.0f} s, total {times['total_s']:.0f} s (_build/book_times.json)", flush=True)
+    _say(f"times: {shown}; chapters {times['chapters_s']:.0f} s, total {times['total_s']:.0f} s (_build/book_times.json)")
     return report

@@ -52,8 +52,9 @@ _OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1))  # (row, column) of angles 0, 45, 9
 def radiomics_batch(images: torch.Tensor, regions: torch.Tensor, levels: int = 16) -> torch.Tensor:
     """`radiomics` of a batch, vectorised in torch (float32) on the images' device: images (B, H, W)
     real, regions (B, H, W) bool → (B, N_FEATURES) float32, equal to `radiomics` image by image up
-    to float32 rounding (the numpy version is the reference it is tested against). No host round
-    trip, so a model on a GPU computes its radiomics there.
+    to float32 rounding (the numpy version is the reference it is tested against). The images stay
+    on their device, so a model on a GPU computes its radiomics there; only the largest region's
+    size is read back, to size the gathered rows.
 
     The first-order statistics are computed on the region's values alone, gathered into one row per
     image (padded to the largest region), and the grey-level co-occurrences are counted with one
