@@ -44,7 +44,7 @@ class Plan:
     device: str
     dry: bool
     model_sizes: tuple[int, ...]  # PersAM vs ABMIL step time
-    memory_sizes: tuple[int, ...]  # peak memory, each in a fresh process
+    memory_sizes: tuple[int, ...]  # peak memory, measured one after another in one worker process
     big_bag: int
     paper_sizes: tuple[int, ...]
     encoders: tuple[tuple[str, dict], ...]  # (name, create_encoder options)
