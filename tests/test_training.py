@@ -144,6 +144,7 @@ def test_an_interrupted_fold_resumes_from_its_last_finished_epoch(tiny_cohort, t
             raise _Killed  # killed right after epoch 2 of fold 0 was saved
 
     monkeypatch.setattr(loop._LoopState, "save", save_then_die)
+    monkeypatch.setattr(loop, "RESUME_EVERY_S", 0.0)  # save at every epoch's end
     with pytest.raises(_Killed):
         train_cross_validated(tiny_cohort, tiny_features, tmp_path / "cut", config, progress=False)
     fold0 = tmp_path / "cut" / "fold_0"
@@ -154,6 +155,70 @@ def test_an_interrupted_fold_resumes_from_its_last_finished_epoch(tiny_cohort, t
     pd.testing.assert_frame_equal(resumed.predictions, whole.predictions)  # and ended where the uninterrupted run did
     pd.testing.assert_frame_equal(pd.read_csv(fold0 / "history.csv"), pd.read_csv(tmp_path / "whole" / "fold_0" / "history.csv"))
     assert not list((tmp_path / "cut").glob("fold_*/resume.pt"))
+
+
+def test_the_resume_file_is_written_at_most_every_resume_every_s(tiny_cohort, tiny_features, tmp_path, monkeypatch):
+    """Saving the loop state costs a tenth of a small model's epoch, so it is written once
+    `RESUME_EVERY_S` has passed since the last save, not at every epoch's end."""
+    from persam_lib.train import loop
+    from persam_lib.train.run import train_cross_validated
+
+    saved = []
+    real_save = loop._LoopState.save
+    monkeypatch.setattr(loop._LoopState, "save", lambda self, *args: (saved.append(self.epoch), real_save(self, *args)))
+    config = TrainConfig.of(model="abmil", n_folds=2, epochs=4, patience=4, val_fraction=0.25, d_model=16)
+    clock = iter(range(0, 10_000, 7))  # every reading of the clock is 7 s after the one before
+    monkeypatch.setattr(loop, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(loop, "RESUME_EVERY_S", 10.0)
+    train_cross_validated(tiny_cohort, tiny_features, tmp_path / "run", config, progress=False)
+    assert saved == [2, 4, 2, 4]  # per fold: 7 s after the start (no save), 14 (save), then 7 and 14 again
+    saved.clear()
+    monkeypatch.setattr(loop, "RESUME_EVERY_S", 0.0)
+    train_cross_validated(tiny_cohort, tiny_features, tmp_path / "every", config, progress=False)
+    assert saved == [1, 2, 3, 4, 1, 2, 3, 4]
+
+
+def test_standardised_batches_hold_what_standardising_each_batch_gives():
+    """`StandardisedSamples` standardises once and encodes each record once; its batches, of whole
+    bags or of sub-bags cut from them, are those of standardising and encoding every batch anew."""
+    from persam_lib.train.data import StandardisedSamples
+    from persam_lib.train.loop import sub_bags
+
+    bags, records, schema = _synthetic_task(12, seed=3)
+    bags = [Bag(b.slide_id, b.patient_id, b.features[: 10 + i], b.coords[: 10 + i], b.patch_size, b.y) for i, b in enumerate(bags)]  # uneven: padding
+    records.loc["P002", "marker"] = np.nan  # a missing value
+    encoder = RecordEncoder(schema).fit(records)
+    normaliser = FeatureNormaliser.fit(bags)
+    samples = StandardisedSamples(bags, records, encoder, normaliser)
+    chosen = [samples.samples[i] for i in (5, 2, 9)]
+    config = TrainConfig(subbag_size=8, subbags_per_slide=2)
+    for part, raw in ((chosen, [bags[i] for i in (5, 2, 9)]), (sub_bags(chosen, config, 3, 2), sub_bags([bags[i] for i in (5, 2, 9)], config, 3, 2))):
+        batch = samples.batch(part)
+        n = max(len(b.features) for b in raw)
+        expected = np.zeros((len(raw), n, 4), dtype=np.float32)
+        for i, b in enumerate(raw):
+            expected[i, : len(b.features)] = (b.features - normaliser.mean) / normaliser.std
+        codes, values = encoder.encode(records.loc[[b.patient_id for b in raw]])
+        assert torch.equal(batch.features, torch.from_numpy(expected))
+        assert torch.equal(batch.patch_mask, torch.from_numpy(np.arange(n)[None] < np.array([len(b.features) for b in raw])[:, None]))
+        assert torch.equal(batch.coords[0, : len(raw[0].coords)], torch.from_numpy(raw[0].coords)) and not batch.coords[0, len(raw[0].coords) :].any()
+        assert torch.equal(batch.codes, codes) and torch.equal(batch.values, values)
+    assert samples.batch([samples.samples[2]]).codes[0, 1] == 0  # the missing marker is coded missing
+
+
+def test_standardised_images_are_the_pixels_standardised_channel_by_channel():
+    from persam_lib.train.data import StandardisedSamples
+
+    _, records, schema = _synthetic_task(4, seed=4)
+    rng = np.random.default_rng(0)
+    images = [Bag(f"I{i}", f"P{i:03d}", None, np.zeros((4, 2), np.int64), 8, i % 2, image=rng.random((3, 16, 16))) for i in range(4)]  # float64 pixels
+    encoder = RecordEncoder(schema).fit(records)
+    normaliser = FeatureNormaliser.fit(images)
+    samples = StandardisedSamples(images, records, encoder, normaliser)
+    batch = samples.batch(samples.samples[::-1])
+    expected = np.stack([normaliser(b.image) for b in images[::-1]]).astype(np.float32)
+    assert batch.images.dtype == torch.float32 and torch.equal(batch.images, torch.from_numpy(expected))
+    assert torch.equal(batch.codes, encoder.encode(records.loc[[b.patient_id for b in images[::-1]]])[0])
 
 
 def test_the_vectorised_bootstrap_gives_the_resample_by_resample_values():

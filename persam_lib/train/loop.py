@@ -1,14 +1,16 @@
 """The training loop for one fold: AdamW, class weights, label smoothing, early stopping.
 
-After every epoch the loop saves its whole state (weights, optimiser, random generators, early
-stopping, history) to a resume file, so a fold interrupted mid-way continues from its last
-finished epoch and ends exactly where an uninterrupted run would (same seed, CPU). Under torchrun
+At the end of an epoch, at most every `RESUME_EVERY_S` seconds, the loop saves its whole state
+(weights, optimiser, random generators, early stopping, history) to a resume file, so a fold
+interrupted mid-way continues from the last saved epoch and ends exactly where an uninterrupted
+run would (same seed, CPU). Under torchrun
 each rank trains on its share of every batch (`persam_lib.train.distributed`).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+from time import monotonic
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,14 @@ from persam_lib.models.base import Batch, ModelSettings
 from persam_lib.models.clinical import RecordEncoder
 from persam_lib.options import with_overrides
 from persam_lib.train.augment import augment_images, epoch_generator
-from persam_lib.train.data import Bag, FeatureNormaliser, collate_bags
+from persam_lib.train.data import Bag, FeatureNormaliser, StandardisedSamples
 from persam_lib.train.distributed import Distributed
+
+
+# The resume file is written at the end of an epoch once this many seconds have passed since the
+# last one: an interruption loses at most this much work, and the small models' epochs (tens of
+# milliseconds, a tenth of which went to writing the file every epoch) do not pay for it each time.
+RESUME_EVERY_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -168,24 +176,25 @@ def sub_bags(bags: list[Bag], config: TrainConfig, epoch: int, count: int, *, ev
     return out
 
 
-def make_batch(bags: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser) -> Batch:
-    """Batch of samples (slides or images) with their patients' records (``records`` indexed by patient_id)."""
-    return collate_bags(bags, records.loc[[b.patient_id for b in bags]], encoder, normaliser)
-
-
 def evaluate(
     model: nn.Module, bags: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser, device: torch.device, batch_size: int = 16, config: TrainConfig | None = None
 ) -> np.ndarray:
     """Class probabilities (len(bags), C) in eval mode; with ``config`` using sub-bags, each bag's
     probabilities are the mean over ``subbags_at_test`` seeded sub-bags (the published recipe)."""
+    return _evaluate(model, StandardisedSamples(bags, records, encoder, normaliser), device, batch_size, config)
+
+
+def _evaluate(model: nn.Module, samples: StandardisedSamples, device: torch.device, batch_size: int = 16, config: TrainConfig | None = None, bags: list[Bag] | None = None) -> np.ndarray:
+    """`evaluate` on samples standardised once (``bags``: some of ``samples.samples``, default all)."""
     model.eval()
+    bags = samples.samples if bags is None else bags
     by_sub_bags = config is not None and config.subbag_size > 0
     count = config.subbags_at_test if by_sub_bags else 1
     scored = sub_bags(bags, config, TEST_DRAW, count, evaluating=True) if by_sub_bags else bags
     out = []
     with torch.no_grad():
         for start in range(0, len(scored), batch_size):
-            batch = make_batch(scored[start : start + batch_size], records, encoder, normaliser).to(device)
+            batch = samples.batch(scored[start : start + batch_size]).to(device)
             with autocast(device):
                 logits = model(batch).logits
             out.append(torch.softmax(logits.float(), -1).cpu().numpy())
@@ -196,20 +205,20 @@ def evaluate(
     return probs
 
 
-def _validation(model: nn.Module, val: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser, device: torch.device, distributed: Distributed, config: TrainConfig | None = None) -> tuple[float, float]:
+def _validation(model: nn.Module, val: StandardisedSamples, device: torch.device, distributed: Distributed, config: TrainConfig | None = None) -> tuple[float, float]:
     """Validation loss (mean NLL) and accuracy; under torchrun each rank scores its share and the sums
     are combined. No validation bags (a final model on every patient): NaN, NaN."""
-    if not val:
+    if not val.samples:
         return float("nan"), float("nan")
-    mine = distributed.share(val)
+    mine = distributed.share(val.samples)
     nll = correct = 0.0
     if mine:
-        probs = evaluate(model, mine, records, encoder, normaliser, device, config=config)
+        probs = _evaluate(model, val, device, config=config, bags=mine)
         y = np.array([b.y for b in mine])
         nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-8, None)).sum())
         correct = float((probs.argmax(1) == y).sum())
     nll, correct = distributed.sum([nll, correct], device)
-    return nll / len(val), correct / len(val)
+    return nll / len(val.samples), correct / len(val.samples)
 
 
 @dataclass
@@ -263,8 +272,9 @@ def fit(
     """Train ``model`` on ``train``; keep the weights with the lowest validation loss (without
     ``val`` bags: the last epoch's, after ``config.epochs``).
 
-    With ``resume_path`` the loop state is saved there after every epoch and, if the file exists,
-    training continues from it (delete it to start over). Returns the best model (unwrapped, in
+    With ``resume_path`` the loop state is saved there at the end of an epoch, at most every
+    `RESUME_EVERY_S` seconds, and, if the file exists, training continues from it (delete it to
+    start over). Returns the best model (unwrapped, in
     eval mode) and the per-epoch history (train_loss, val_loss, val_accuracy).
     """
     device = distributed.device(config.device)
@@ -282,12 +292,14 @@ def fit(
     trained = distributed.wrap(model, device)
     fill = torch.from_numpy(-normaliser.mean / normaliser.std)  # images: a black pixel, standardised (the border shifts uncover)
     attention_weights = noisy_or_class_weights(torch.tensor([b.y for b in train]), n_classes).to(device) if config.attention_loss_weight else None
-    whole = train
+    whole = StandardisedSamples(train, records, encoder, normaliser)  # once, not every step
+    validation = StandardisedSamples(val, records, encoder, normaliser)
+    saved_at = monotonic()
     while state.epoch < config.epochs and state.stale < config.patience:
         model.train()
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(config, state.epoch)
-        train = sub_bags(whole, config, state.epoch, config.subbags_per_slide)
+        train = sub_bags(whole.samples, config, state.epoch, config.subbags_per_slide)
         order = torch.randperm(len(train), generator=generator).tolist()
         loss_sum, steps = 0.0, 0  # this rank's share of each step's loss; combined over ranks once per epoch
         augmenting = epoch_generator(config.seed, state.epoch, distributed.rank)  # never the shared order's generator
@@ -300,7 +312,7 @@ def fit(
             scale = distributed.world_size / chunk_weight
             if not mine:  # fewer bags than ranks: join the gradient exchange with a zero-weighted bag
                 mine, scale = chunk[:1], 0.0
-            batch = make_batch(mine, records, encoder, normaliser)
+            batch = whole.batch(mine)
             if batch.images is not None and config.augment:
                 batch.images = augment_images(batch.images, augmenting, fill)
             batch = batch.to(device)
@@ -316,7 +328,7 @@ def fit(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             loss_sum, steps = loss_sum + loss.item(), steps + 1
-        val_loss, val_accuracy = _validation(model, val, records, encoder, normaliser, device, distributed, config)
+        val_loss, val_accuracy = _validation(model, validation, device, distributed, config)
         state.epoch += 1
         state.history.append({"epoch": state.epoch, "train_loss": distributed.sum([loss_sum], device)[0] / (distributed.world_size * steps), "val_loss": val_loss, "val_accuracy": val_accuracy})
         if not val:  # nothing to select on: the last epoch's weights (a final model trains for a fixed number of epochs)
@@ -325,8 +337,9 @@ def fit(
             state.best_loss, state.best_state, state.stale = val_loss, copy.deepcopy(model.state_dict()), 0
         else:
             state.stale += 1
-        if resume_path is not None and distributed.is_main:
+        if resume_path is not None and distributed.is_main and monotonic() - saved_at >= RESUME_EVERY_S:
             state.save(resume_path, model, optimiser, generator)
+            saved_at = monotonic()
     model.load_state_dict(state.best_state)
     model.eval()
     return model, pd.DataFrame(state.history)
