@@ -33,6 +33,30 @@ def test_balanced_softmax_equals_the_dense_reference_and_rows_sum_to_one():
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, n + r + c))
 
 
+def _sliced_balanced(scores: torch.Tensor, n: int, r: int, patch_mask: torch.Tensor) -> torch.Tensor:
+    """The formula in torch, one group at a time by slicing (what autograd differentiates group by group)."""
+    scores = scores.masked_fill(~torch.cat([patch_mask, torch.ones(patch_mask.shape[0], scores.shape[-1] - n, dtype=torch.bool)], 1)[:, None, None], float("-inf"))
+    parts = [scores[..., :n], scores[..., n : n + r], scores[..., n + r :]]
+    summaries = [torch.where(p > float("-inf"), p, 0.0).sum(-1, keepdim=True) / (p > float("-inf")).sum(-1, keepdim=True) for p in parts[:2]] + [parts[2].amax(-1, keepdim=True)]
+    shares = torch.softmax(torch.cat(summaries, -1), -1)
+    return torch.cat([torch.softmax(p, -1) * shares[..., g : g + 1] for g, p in enumerate(parts)], -1)
+
+
+def test_balanced_softmax_has_the_gradient_of_the_formula_with_padding():
+    """The groups are cut by one split (one concatenation in the backward pass, not a zero tensor
+    of the full size per group): the gradient is the formula's."""
+    n, r, c = 9, 3, 2
+    g = torch.Generator().manual_seed(1)
+    scores = (torch.randn(3, 2, n + r + c, n + r + c, generator=g) * 2 + class_token_mask(n, r, c)).requires_grad_()
+    mask = torch.ones(3, n, dtype=torch.bool)
+    mask[0, -4:] = False
+    upstream = torch.randn(3, 2, n + r + c, n + r + c, generator=g)
+    (ours,) = torch.autograd.grad(balanced_softmax(scores, n, r, mask), scores, upstream)
+    (formula,) = torch.autograd.grad(_sliced_balanced(scores, n, r, mask), scores, upstream)
+    torch.testing.assert_close(ours, formula, rtol=1e-5, atol=1e-6)
+    assert not ours[0, ..., n - 4 : n].any()  # padded patches: no weight, so no gradient
+
+
 def test_class_tokens_never_attend_to_each_other():
     n, r, c = 5, 2, 3
     scores = torch.randn(1, 2, n + r + c, n + r + c) + class_token_mask(n, r, c)

@@ -49,15 +49,18 @@ def balanced_softmax(scores: torch.Tensor, n_patches: int, n_record: int, patch_
         scores = scores.masked_fill(blocked, float("-inf"))
     allowed = scores > float("-inf")  # False for blocked keys (and NaN)
     zeroed = torch.where(allowed, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
-    groups = [part for part in (slice(0, n_patches), slice(n_patches, n_patches + n_record), slice(n_patches + n_record, t)) if part.stop > part.start]
+    # the groups as views cut by one split each: the backward pass joins their gradients with one
+    # concatenation, where slicing would fill a zero tensor of the full size per group and add them up
+    sizes = (n_patches, n_record, t - n_patches - n_record)
     weights, summaries = [], []
-    for part in groups:
-        s = scores[..., part]
-        count = allowed[..., part].sum(-1, keepdim=True)
-        if part.stop == t:  # class keys: the release takes the maximum (other class tokens are masked out)
+    for k, (s, z, a) in enumerate(zip(scores.split(sizes, -1), zeroed.split(sizes, -1), allowed.split(sizes, -1))):
+        if not s.shape[-1]:
+            continue
+        count = a.sum(-1, keepdim=True)
+        if k == 2:  # class keys: the release takes the maximum (other class tokens are masked out)
             summary = s.amax(-1, keepdim=True)
         else:
-            summary = zeroed[..., part].sum(-1, keepdim=True) / count.clamp_min(1)
+            summary = z.sum(-1, keepdim=True) / count.clamp_min(1)
         empty = count == 0
         summaries.append(summary.masked_fill(empty, float("-inf")))  # an empty group gets no share
         w = torch.softmax(s, dim=-1)
