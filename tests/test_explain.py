@@ -201,3 +201,29 @@ def test_selectivity_is_the_diagnostic_share_of_the_mass_on_both_lesions():
     row = summarise_truth({"persam": scores}, "site").iloc[0]
     assert row["selectivity"] == pytest.approx(0.8) and row["mass_other_region"] == pytest.approx(0.2 / 3)
     assert np.isnan(selectivity_ci(scores.assign(mass_diagnostic=0.0, mass_other_region=0.0))[0])  # nothing on either lesion: undefined
+
+
+def test_average_ranks_are_scipys_rankdata_with_ties():
+    from scipy.stats import rankdata
+
+    from persam_lib.explain.truth_scores import average_ranks
+
+    rng = np.random.default_rng(0)
+    for values in (rng.random(50), rng.integers(0, 5, 40).astype(float), np.zeros(7), np.array([0.3]), np.array([2.0, 1.0, 2.0, 1.0, 0.5])):
+        np.testing.assert_array_equal(average_ranks(values), rankdata(values))
+
+
+def test_truth_scores_and_shift_read_each_records_patches_by_position(tiny_run, tiny_cohort, tiny_features):
+    """A record whose patch rows come in another order than the first record's is matched patch by
+    patch: shuffling them changes no score and no shift."""
+    from persam_lib.explain.truth_scores import truth_scores_of
+
+    truth = load_truth(tiny_cohort)
+    explanation = explain_run(tiny_run, tiny_cohort, tiny_features, progress=False)
+    table = explanation.attention
+    blocks = [rows if record == ORIGINAL else rows.sample(frac=1.0, random_state=0) for (_, record), rows in table.groupby(["slide_id", "record"], sort=False)]
+    shuffled = pd.concat(blocks)  # every record's patch rows in another order, the records in theirs
+    assert not shuffled.index.equals(table.index)
+    expected = truth_scores_of(table, tiny_cohort, truth, ["attention"])["attention"]
+    pd.testing.assert_frame_equal(truth_scores_of(shuffled.reset_index(drop=True), tiny_cohort, truth, ["attention"])["attention"], expected)
+    pd.testing.assert_frame_equal(attention_shift(shuffled.reset_index(drop=True)), attention_shift(table))

@@ -126,3 +126,27 @@ def test_nothing_outside_cohort_opens_the_truth_files_by_name():
             if name in text:
                 offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert offenders == []
+
+
+def test_region_fractions_are_read_once_per_grid_and_equal_the_masks(tiny_cohort, tiny_features, monkeypatch):
+    """Every model explained on a cohort scores its maps on the same patch grids: each sample's
+    masks are read once per grid, and the kept fractions are those of the masks."""
+    from persam_lib.features.store import feature_path, read_features
+    from persam_lib.slides.patching import mask_fraction
+
+    truth = load_truth(tiny_cohort)
+    slide = tiny_cohort.slides["slide_id"].iloc[0]
+    data = read_features(feature_path(tiny_features, slide))
+    reads = []
+    real_mask = type(truth).mask
+    monkeypatch.setattr(type(truth), "mask", lambda self, s: (reads.append(s), real_mask(self, s))[1])
+    first = truth.region_fractions(slide, data.coords, data.patch_size_level0)
+    again = truth.region_fractions(slide, data.coords.copy(), data.patch_size_level0)
+    assert reads == [slide] and again is first
+    masks = {name: real_mask(truth, slide) == truth.labels[name] for name in truth.region_kinds}
+    for name, inside in masks.items():
+        np.testing.assert_array_equal(first[name], mask_fraction(inside, truth.mask_downsample, data.coords, data.patch_size_level0))
+    truth.region_fractions(slide, data.coords[:3], data.patch_size_level0)  # another grid: computed for it
+    assert reads == [slide, slide]
+    with pytest.raises(ValueError):
+        first[truth.region_kinds[0]][0] = 0.5  # shared between callers: read-only

@@ -55,6 +55,9 @@ class GroundTruth:
     region_by_value: dict[str, str]  # value of the deciding field -> region name
     noise_fields: tuple[str, ...] = ()  # fields known to carry no information (a null for attention shift)
     regions: pd.DataFrame | None = field(default=None, compare=False, repr=False)  # one row per sample (see the module docstring)
+    # each sample's region fractions by patch grid, computed once: every model explained on the
+    # cohort scores its maps on the same grids (`region_fractions`)
+    _fractions: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def mask(self, slide_id: str) -> np.ndarray:
         """The label mask (H, W) of one slide or image, at ``mask_downsample``."""
@@ -85,8 +88,16 @@ class GroundTruth:
 
     def region_fractions(self, slide_id: str, coords: np.ndarray, patch_size: int) -> dict[str, np.ndarray]:
         """For each region kind, the fraction (N,) of every patch (level-0 top-left ``coords`` (N, 2),
-        side ``patch_size``) that lies inside it."""
-        return {name: mask_fraction(inside, self.mask_downsample, coords, patch_size) for name, inside in self.region_masks(slide_id).items()}
+        side ``patch_size``) that lies inside it. Kept per sample and grid, so the masks are read
+        once however many models are scored (the arrays are shared: do not write to them)."""
+        coords = np.ascontiguousarray(coords)
+        key = (str(slide_id), patch_size, coords.dtype.str, coords.shape, coords.tobytes())
+        if key not in self._fractions:
+            fractions = {name: mask_fraction(inside, self.mask_downsample, coords, patch_size) for name, inside in self.region_masks(slide_id).items()}
+            for array in fractions.values():
+                array.flags.writeable = False
+            self._fractions[key] = fractions
+        return self._fractions[key]
 
     def patch_regions(self, slide_id: str, coords: np.ndarray, patch_size: int, outside: str = OUTSIDE_REGIONS) -> list[str]:
         """Per patch, the region kind it lies in (at least half of it), followed by the sample's

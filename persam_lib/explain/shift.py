@@ -44,8 +44,14 @@ def attention_shift(attention: pd.DataFrame, predictions: pd.DataFrame | None = 
     the class predicted under the original record changed, and ``prediction_flipped``.
     """
     rows = []
-    for slide_id, slide in attention.groupby("slide_id", sort=False):
-        by_record = {rec: part.sort_values(["y", "x"])[column].to_numpy() for rec, part in slide.groupby("record", sort=False)}
+    x, y, record_of, values = (attention[name].to_numpy() for name in ("x", "y", "record", column))
+    positions = attention.groupby("slide_id", sort=False).indices  # each slide's rows, in table order
+    for slide_id in pd.unique(attention["slide_id"]):
+        at = positions[slide_id]
+        by_record = {}
+        for rec in pd.unique(record_of[at]):
+            part = at[record_of[at] == rec]
+            by_record[rec] = values[part[np.lexsort((x[part], y[part]))]]  # patches in (y, x) order
         if ORIGINAL not in by_record:
             continue
         base = by_record[ORIGINAL]
