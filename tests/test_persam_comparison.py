@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 from IPython.display import Markdown  # noqa: E402
 
 from persam_lib.book.chapter import setup_chapter  # noqa: E402
-from persam_lib.book.persam_comparison import ablation_section, comparison_table, cost_table, persam_section, section_results  # noqa: E402
+from persam_lib.book.persam_comparison import ablation_section, comparison_table, cost_table, persam_section, persam_sections, section_results  # noqa: E402
 from persam_lib.train.loop import TrainConfig  # noqa: E402
 from persam_lib.train.run import train_variants  # noqa: E402
 
@@ -28,7 +28,10 @@ def test_the_section_compares_accuracy_attention_and_per_class_maps(tiny_cohort_
 
     monkeypatch.setattr(comparison, "COST_SIZES", (16, 32))
     chapter = setup_chapter(tmp_path, "", tiny_cohort_dir / "manifest.yaml")
-    compared, shown = persam_section(chapter, pair[1], tiny_features)
+    (compared, shown), (variants, shown_ablation) = persam_sections(chapter, pair[1], tiny_features, tmp_path / "ablation", TrainConfig.of(**TINY), ablation=False)
+    assert variants is None and "not run" in shown_ablation[0].data
+    costs = shown[-1]  # measured in a process of its own meanwhile, at the sizes of this module
+    assert list(costs.index) == [16, 32] and "step (ms): persam_paper" in costs.columns
     table = compared.table.set_index("model")
     assert list(table.index) == ["persam", "persam_paper"]
     for column in ("balanced_accuracy", "balanced_accuracy_low", "mass_diagnostic", "attention_auroc", "selectivity", "moved"):
@@ -54,6 +57,9 @@ def test_sections_say_why_they_are_empty(tiny_cohort_dir, tiny_features, pair, t
     chapter = setup_chapter(tmp_path, "", tiny_cohort_dir / "manifest.yaml")
     compared, shown = persam_section(chapter, {"persam": pair[1]["persam"]}, tiny_features)
     assert compared is None and isinstance(shown[0], Markdown) and "did not train both" in shown[0].data
+    (compared, shown), (variants, shown_ablation) = persam_sections(chapter, {}, tiny_features, tmp_path / "ablation", TrainConfig.of(**TINY))
+    assert compared is None and "did not train both" in shown[0].data and len(shown) == 1  # nothing measured without the pair
+    assert variants is None and "did not train `persam`" in shown_ablation[0].data
     variants, shown = ablation_section(chapter, {}, tiny_features, tmp_path / "ablation", TrainConfig.of(**TINY))
     assert variants is None and "did not train `persam`" in shown[0].data
     from dataclasses import replace

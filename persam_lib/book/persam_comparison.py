@@ -198,23 +198,45 @@ def comparison_results(comparison: PersamComparison) -> dict[str, float]:
 PAIR = ("persam", "persam_paper")
 
 
-def persam_section(chapter: Chapter, runs: dict[str, Run], features_dir: str | Path | None) -> tuple[PersamComparison | None, list]:
+def persam_section(chapter: Chapter, runs: dict[str, Run], features_dir: str | Path | None, *, with_costs: bool = True) -> tuple[PersamComparison | None, list]:
     """What the section "PersAM as published and ours" shows: the comparison table, the per-class
-    maps of one slide and the cost table; a sentence instead when this build did not train both."""
+    maps of one slide and the cost table (``with_costs=False``: its heading alone, for a caller
+    that measures it meanwhile, as `persam_sections` does); a sentence instead when this build did
+    not train both."""
     if not all(m in runs for m in PAIR):
         return None, [Markdown(f"*This build did not train both {' and '.join(f'`{m}`' for m in PAIR)}, so there is nothing to compare.*")]
-    feature_dim = runs[PAIR[0]].model_for_fold(0).config.feature_dim
-    # the cost table is measured in a process of its own while the runs are explained here: each
-    # takes a core, where one after the other they left a core idle at the end of the chapter
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        costs = pool.submit(cost_table, list(PAIR), feature_dim)
-        pair = compare_persams(chapter, {m: runs[m] for m in PAIR}, features_dir)
-        shown: list = [comparison_table(pair)]
-        figure = class_maps_figure(chapter, pair, features_dir)
-        if figure is not None:
-            shown.append(figure)
-        shown += [Markdown("**Cost of one training step** against the bag size, measured while this chapter ran:"), costs.result()]
+    pair = compare_persams(chapter, {m: runs[m] for m in PAIR}, features_dir)
+    shown: list = [comparison_table(pair)]
+    figure = class_maps_figure(chapter, pair, features_dir)
+    if figure is not None:
+        shown.append(figure)
+    shown.append(Markdown("**Cost of one training step** against the bag size, measured while this chapter ran:"))
+    if with_costs:
+        shown.append(cost_table(list(PAIR), _feature_dim(runs), sizes=COST_SIZES))
     return pair, shown
+
+
+def persam_sections(chapter: Chapter, runs: dict[str, Run], features_dir: str | Path | None, out_dir: str | Path, base: TrainConfig, *, ablation: bool = True, workers: int = 1) -> tuple[tuple[PersamComparison | None, list], tuple[PersamComparison | None, list]]:
+    """The Models chapter's two sections on PersAM, `persam_section` and `ablation_section` (a
+    sentence instead when ``ablation`` is off), with the cost table measured in a process of its
+    own while the runs of both are explained here: a core each, where one after the other they
+    left a core idle at the end of the chapter."""
+    measured = all(m in runs for m in PAIR)
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        costs = pool.submit(cost_table, list(PAIR), _feature_dim(runs), sizes=COST_SIZES) if measured else None
+        pair, shown = persam_section(chapter, runs, features_dir, with_costs=False)
+        if ablation:
+            variants, shown_ablation = ablation_section(chapter, runs, features_dir, out_dir, base, workers=workers)
+        else:
+            variants, shown_ablation = None, [Markdown("*The ablation was not run in this execution (`ablation=False`).*")]
+        if costs is not None:
+            shown.append(costs.result())
+    return (pair, shown), (variants, shown_ablation)
+
+
+def _feature_dim(runs: dict[str, Run]) -> int:
+    """The patch feature dimension the PersAM pair was trained on (the cost table's input width)."""
+    return runs[PAIR[0]].model_for_fold(0).config.feature_dim
 
 
 def ablation_section(chapter: Chapter, runs: dict[str, Run], features_dir: str | Path | None, out_dir: str | Path, base: TrainConfig, *, workers: int = 1) -> tuple[PersamComparison | None, list]:
