@@ -178,10 +178,10 @@ def test_the_resume_file_is_written_at_most_every_resume_every_s(tiny_cohort, ti
     assert saved == [1, 2, 3, 4, 1, 2, 3, 4]
 
 
-def test_standardised_batches_hold_what_standardising_each_batch_gives():
-    """`StandardisedSamples` standardises once and encodes each record once; its batches, of whole
-    bags or of sub-bags cut from them, are those of standardising and encoding every batch anew."""
-    from persam_lib.train.data import StandardisedSamples
+def test_fold_batches_encode_each_record_once_and_standardise_every_batch(monkeypatch):
+    """`FoldBatches` encodes each patient's record once, not every step; its batches, of whole bags
+    or of sub-bags cut from them, hold the bags standardised and padded and their records encoded."""
+    from persam_lib.train.data import FoldBatches
     from persam_lib.train.loop import sub_bags
 
     bags, records, schema = _synthetic_task(12, seed=3)
@@ -189,34 +189,37 @@ def test_standardised_batches_hold_what_standardising_each_batch_gives():
     records.loc["P002", "marker"] = np.nan  # a missing value
     encoder = RecordEncoder(schema).fit(records)
     normaliser = FeatureNormaliser.fit(bags)
-    samples = StandardisedSamples(bags, records, encoder, normaliser)
-    chosen = [samples.samples[i] for i in (5, 2, 9)]
+    encoded = []
+    real_encode = RecordEncoder.encode
+    monkeypatch.setattr(RecordEncoder, "encode", lambda self, table: (encoded.append(len(table)), real_encode(self, table))[1])
+    batches = FoldBatches(bags, records, encoder, normaliser)
+    chosen = [bags[i] for i in (5, 2, 9)]
     config = TrainConfig(subbag_size=8, subbags_per_slide=2)
-    for part, raw in ((chosen, [bags[i] for i in (5, 2, 9)]), (sub_bags(chosen, config, 3, 2), sub_bags([bags[i] for i in (5, 2, 9)], config, 3, 2))):
-        batch = samples.batch(part)
-        n = max(len(b.features) for b in raw)
-        expected = np.zeros((len(raw), n, 4), dtype=np.float32)
-        for i, b in enumerate(raw):
+    for part in (chosen, sub_bags(chosen, config, 3, 2)):
+        batch = batches.batch(part)
+        n = max(len(b.features) for b in part)
+        expected = np.zeros((len(part), n, 4), dtype=np.float32)
+        for i, b in enumerate(part):
             expected[i, : len(b.features)] = (b.features - normaliser.mean) / normaliser.std
-        codes, values = encoder.encode(records.loc[[b.patient_id for b in raw]])
+        codes, values = real_encode(encoder, records.loc[[b.patient_id for b in part]])
         assert torch.equal(batch.features, torch.from_numpy(expected))
-        assert torch.equal(batch.patch_mask, torch.from_numpy(np.arange(n)[None] < np.array([len(b.features) for b in raw])[:, None]))
-        assert torch.equal(batch.coords[0, : len(raw[0].coords)], torch.from_numpy(raw[0].coords)) and not batch.coords[0, len(raw[0].coords) :].any()
+        assert torch.equal(batch.patch_mask, torch.from_numpy(np.arange(n)[None] < np.array([len(b.features) for b in part])[:, None]))
+        assert torch.equal(batch.coords[0, : len(part[0].coords)], torch.from_numpy(part[0].coords)) and not batch.coords[0, len(part[0].coords) :].any()
         assert torch.equal(batch.codes, codes) and torch.equal(batch.values, values)
-    assert samples.batch([samples.samples[2]]).codes[0, 1] == 0  # the missing marker is coded missing
+    assert encoded == [12]  # every patient once, when the batches were set up
+    assert batches.batch([bags[2]]).codes[0, 1] == 0  # the missing marker is coded missing
 
 
-def test_standardised_images_are_the_pixels_standardised_channel_by_channel():
-    from persam_lib.train.data import StandardisedSamples
+def test_fold_batches_standardise_images_channel_by_channel():
+    from persam_lib.train.data import FoldBatches
 
     _, records, schema = _synthetic_task(4, seed=4)
     rng = np.random.default_rng(0)
     images = [Bag(f"I{i}", f"P{i:03d}", None, np.zeros((4, 2), np.int64), 8, i % 2, image=rng.random((3, 16, 16))) for i in range(4)]  # float64 pixels
     encoder = RecordEncoder(schema).fit(records)
     normaliser = FeatureNormaliser.fit(images)
-    samples = StandardisedSamples(images, records, encoder, normaliser)
-    batch = samples.batch(samples.samples[::-1])
-    expected = np.stack([normaliser(b.image) for b in images[::-1]]).astype(np.float32)
+    batch = FoldBatches(images, records, encoder, normaliser).batch(images[::-1])
+    expected = np.stack([(b.image - normaliser.mean[:, None, None]) / normaliser.std[:, None, None] for b in images[::-1]]).astype(np.float32)
     assert batch.images.dtype == torch.float32 and torch.equal(batch.images, torch.from_numpy(expected))
     assert torch.equal(batch.codes, encoder.encode(records.loc[[b.patient_id for b in images[::-1]]])[0])
 

@@ -8,7 +8,7 @@ pixels of the file the user gave.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -162,50 +162,43 @@ class FeatureNormaliser:
         return cls(np.asarray(state["mean"], dtype=np.float32), np.asarray(state["std"], dtype=np.float32))
 
 
-def _pad(features: list[np.ndarray], coords: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bags of (N_i, D) features and (N_i, 2) corners padded to the longest: features (B, N, D)
-    float32, patch mask (B, N) and corners (B, N, 2) long."""
+def _pad(features: list[np.ndarray], coords: list[np.ndarray], normaliser: FeatureNormaliser) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bags of (N_i, D) features and (N_i, 2) corners, standardised and padded to the longest:
+    features (B, N, D) float32, patch mask (B, N) and corners (B, N, 2) long."""
     b, n, d = len(features), max(len(f) for f in features), features[0].shape[1]
     feats = np.zeros((b, n, d), dtype=np.float32)
     mask = np.zeros((b, n), dtype=bool)
     xy = np.zeros((b, n, 2), dtype=np.int64)
     for i, (f, c) in enumerate(zip(features, coords)):
-        feats[i, : len(f)] = f
+        feats[i, : len(f)] = normaliser(f)
         mask[i, : len(f)] = True
         xy[i, : len(c)] = c
     return torch.from_numpy(feats), torch.from_numpy(mask), torch.from_numpy(xy)
 
 
-class StandardisedSamples:
-    """A fold's samples standardised once and their patients' records encoded once, for a training
-    loop that batches them every step.
+class FoldBatches:
+    """Batches of one fold's samples (slides or images) for a loop that makes one every step.
 
-    `batch` pads the bags (slides) or stacks the images, with one record row per sample; the
-    values are those of standardising each batch anew, without repeating that arithmetic and
-    the record look-ups every step (a small model's training loop spent a fifth of its time there). `samples` are the standardised
-    bags (same slides, patients and labels): sub-bags are cut from them, and batched by `batch`.
+    Each patient's record is encoded once, here: looking records up in the table and encoding
+    them for every batch took a fifth of a small model's training step. Features and pixels are
+    standardised batch by batch, as they are padded, so a fold holds no second copy of the cohort's
+    features (which can be tens of GB for foundation-model features of a large cohort).
     """
 
     def __init__(self, bags: list[Bag], records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser):
-        self.samples = [_standardised(b, normaliser) for b in bags]
         patients = list(dict.fromkeys(b.patient_id for b in bags))
         self._row = {p: i for i, p in enumerate(patients)}
         self._codes, self._values = encoder.encode(records.loc[patients])
+        self.normaliser = normaliser
 
     def batch(self, bags: list[Bag]) -> Batch:
-        """Standardised samples (from `samples`, or cut from them) with their patients' encoded records."""
+        """``bags`` (of the fold's patients; whole, or sub-bags cut from them) standardised and
+        padded, with their patients' encoded records, one row per sample."""
         rows = torch.tensor([self._row[b.patient_id] for b in bags])
         codes, values = self._codes[rows], self._values[rows]
         if bags[0].image is not None:
-            return Batch.of_images(torch.from_numpy(np.stack([b.image for b in bags])), codes, values)
-        return Batch(*_pad([b.features for b in bags], [b.coords for b in bags]), codes, values)
-
-
-def _standardised(bag: Bag, normaliser: FeatureNormaliser) -> Bag:
-    """``bag`` with its features or pixels standardised, as float32 (what a batch holds)."""
-    if bag.image is not None:
-        return replace(bag, image=normaliser(bag.image).astype(np.float32))
-    return replace(bag, features=normaliser(bag.features).astype(np.float32))
+            return Batch.of_images(torch.from_numpy(np.stack([self.normaliser(b.image) for b in bags]).astype(np.float32)), codes, values)
+        return Batch(*_pad([b.features for b in bags], [b.coords for b in bags], self.normaliser), codes, values)
 
 
 def collate_records(bag: Bag, records: pd.DataFrame, encoder: RecordEncoder, normaliser: FeatureNormaliser) -> Batch:

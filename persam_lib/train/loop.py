@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from time import monotonic
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import numpy as np
@@ -25,11 +25,11 @@ from torch import nn
 from persam_lib.io.atomic import atomic_path
 from persam_lib.models.balanced_attention import noisy_or_attention_loss, noisy_or_class_weights
 from persam_lib.train.subbags import TEST_DRAW, sub_bag_indices, sub_bag_rng
-from persam_lib.models.base import Batch, ModelSettings
+from persam_lib.models.base import ModelSettings
 from persam_lib.models.clinical import RecordEncoder
 from persam_lib.options import with_overrides
 from persam_lib.train.augment import augment_images, epoch_generator
-from persam_lib.train.data import Bag, FeatureNormaliser, StandardisedSamples
+from persam_lib.train.data import Bag, FeatureNormaliser, FoldBatches
 from persam_lib.train.distributed import Distributed
 
 
@@ -181,20 +181,19 @@ def evaluate(
 ) -> np.ndarray:
     """Class probabilities (len(bags), C) in eval mode; with ``config`` using sub-bags, each bag's
     probabilities are the mean over ``subbags_at_test`` seeded sub-bags (the published recipe)."""
-    return _evaluate(model, StandardisedSamples(bags, records, encoder, normaliser), device, batch_size, config)
+    return _evaluate(model, bags, FoldBatches(bags, records, encoder, normaliser), device, batch_size, config)
 
 
-def _evaluate(model: nn.Module, samples: StandardisedSamples, device: torch.device, batch_size: int = 16, config: TrainConfig | None = None, bags: list[Bag] | None = None) -> np.ndarray:
-    """`evaluate` on samples standardised once (``bags``: some of ``samples.samples``, default all)."""
+def _evaluate(model: nn.Module, bags: list[Bag], batches: FoldBatches, device: torch.device, batch_size: int = 16, config: TrainConfig | None = None) -> np.ndarray:
+    """`evaluate` with the records of ``bags`` encoded once (``batches``)."""
     model.eval()
-    bags = samples.samples if bags is None else bags
     by_sub_bags = config is not None and config.subbag_size > 0
     count = config.subbags_at_test if by_sub_bags else 1
     scored = sub_bags(bags, config, TEST_DRAW, count, evaluating=True) if by_sub_bags else bags
     out = []
     with torch.no_grad():
         for start in range(0, len(scored), batch_size):
-            batch = samples.batch(scored[start : start + batch_size]).to(device)
+            batch = batches.batch(scored[start : start + batch_size]).to(device)
             with autocast(device):
                 logits = model(batch).logits
             out.append(torch.softmax(logits.float(), -1).cpu().numpy())
@@ -205,20 +204,20 @@ def _evaluate(model: nn.Module, samples: StandardisedSamples, device: torch.devi
     return probs
 
 
-def _validation(model: nn.Module, val: StandardisedSamples, device: torch.device, distributed: Distributed, config: TrainConfig | None = None) -> tuple[float, float]:
+def _validation(model: nn.Module, val: list[Bag], batches: FoldBatches, device: torch.device, distributed: Distributed, config: TrainConfig | None = None) -> tuple[float, float]:
     """Validation loss (mean NLL) and accuracy; under torchrun each rank scores its share and the sums
     are combined. No validation bags (a final model on every patient): NaN, NaN."""
-    if not val.samples:
+    if not val:
         return float("nan"), float("nan")
-    mine = distributed.share(val.samples)
+    mine = distributed.share(val)
     nll = correct = 0.0
     if mine:
-        probs = _evaluate(model, val, device, config=config, bags=mine)
+        probs = _evaluate(model, mine, batches, device, config=config)
         y = np.array([b.y for b in mine])
         nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-8, None)).sum())
         correct = float((probs.argmax(1) == y).sum())
     nll, correct = distributed.sum([nll, correct], device)
-    return nll / len(val.samples), correct / len(val.samples)
+    return nll / len(val), correct / len(val)
 
 
 @dataclass
@@ -292,14 +291,14 @@ def fit(
     trained = distributed.wrap(model, device)
     fill = torch.from_numpy(-normaliser.mean / normaliser.std)  # images: a black pixel, standardised (the border shifts uncover)
     attention_weights = noisy_or_class_weights(torch.tensor([b.y for b in train]), n_classes).to(device) if config.attention_loss_weight else None
-    whole = StandardisedSamples(train, records, encoder, normaliser)  # once, not every step
-    validation = StandardisedSamples(val, records, encoder, normaliser)
+    whole = train
+    batches = FoldBatches(train + val, records, encoder, normaliser)  # the records encoded once, not every step
     saved_at = monotonic()
     while state.epoch < config.epochs and state.stale < config.patience:
         model.train()
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(config, state.epoch)
-        train = sub_bags(whole.samples, config, state.epoch, config.subbags_per_slide)
+        train = sub_bags(whole, config, state.epoch, config.subbags_per_slide)
         order = torch.randperm(len(train), generator=generator).tolist()
         loss_sum, steps = 0.0, 0  # this rank's share of each step's loss; combined over ranks once per epoch
         augmenting = epoch_generator(config.seed, state.epoch, distributed.rank)  # never the shared order's generator
@@ -312,7 +311,7 @@ def fit(
             scale = distributed.world_size / chunk_weight
             if not mine:  # fewer bags than ranks: join the gradient exchange with a zero-weighted bag
                 mine, scale = chunk[:1], 0.0
-            batch = whole.batch(mine)
+            batch = batches.batch(mine)
             if batch.images is not None and config.augment:
                 batch.images = augment_images(batch.images, augmenting, fill)
             batch = batch.to(device)
@@ -328,7 +327,7 @@ def fit(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             loss_sum, steps = loss_sum + loss.item(), steps + 1
-        val_loss, val_accuracy = _validation(model, validation, device, distributed, config)
+        val_loss, val_accuracy = _validation(model, val, batches, device, distributed, config)
         state.epoch += 1
         state.history.append({"epoch": state.epoch, "train_loss": distributed.sum([loss_sum], device)[0] / (distributed.world_size * steps), "val_loss": val_loss, "val_accuracy": val_accuracy})
         if not val:  # nothing to select on: the last epoch's weights (a final model trains for a fixed number of epochs)
