@@ -3,8 +3,8 @@
 At the end of an epoch, at most every `RESUME_EVERY_S` seconds, the loop saves its whole state
 (weights, optimiser, random generators, early stopping, history) to a resume file, so a fold
 interrupted mid-way continues from the last saved epoch and ends exactly where an uninterrupted
-run would (same seed, CPU). Under torchrun
-each rank trains on its share of every batch (`persam_lib.train.distributed`).
+run would (same seed, CPU). Under torchrun each rank trains on its share of every batch
+(`persam_lib.train.distributed`).
 """
 from __future__ import annotations
 
@@ -273,8 +273,8 @@ def fit(
 
     With ``resume_path`` the loop state is saved there at the end of an epoch, at most every
     `RESUME_EVERY_S` seconds, and, if the file exists, training continues from it (delete it to
-    start over). Returns the best model (unwrapped, in
-    eval mode) and the per-epoch history (train_loss, val_loss, val_accuracy).
+    start over). Returns the best model (unwrapped, in eval mode) and the per-epoch history
+    (train_loss, val_loss, val_accuracy).
     """
     device = distributed.device(config.device)
     model.to(device)
